@@ -1,0 +1,163 @@
+//! The narrow interface between the engine and the stages.
+//!
+//! Invariants the engine relies on:
+//! - `resolve_params` fills every default and rejects unknown keys, so two spellings of the same
+//!   configuration resolve to the same JSON value (and hence the same cache key).
+//! - `run` writes its outputs only under `out_dir`, checkpoints only under `resume_dir`, and is a pure
+//!   function of (resolved params, input artifact contents, dataset contents, seed): the same inputs
+//!   give bit-identical output files, whatever the thread count and whether it resumed.
+//! - `version` is bumped whenever a code change can change a kind's outputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// What a reference key of a node points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefTarget {
+    /// A `[datasets.NAME]` entry; the engine hands the stage the decoded dataset artifact.
+    Dataset,
+    /// Another node whose kind is one of these.
+    Node(&'static [&'static str]),
+}
+
+/// A key of a node's table that names an input (a dataset or another node) rather than a parameter.
+/// References never enter the params; their content hashes enter the cache key by `role`.
+#[derive(Debug, Clone, Copy)]
+pub struct RefSpec {
+    /// The TOML key, e.g. `from`, `labels`, `teacher`, `models`, `data`.
+    pub key: &'static str,
+    /// The role under which the input artifact dirs are passed in `RunCtx::inputs` (usually = key).
+    pub role: &'static str,
+    pub target: RefTarget,
+    /// A list of references (`models = ["a", "b"]`) rather than one.
+    pub many: bool,
+    pub required: bool,
+}
+
+/// A parameter that failed validation: the dotted path of the key inside the node's table and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ParamError {
+    /// e.g. `model.depth` (empty when the error concerns the table as a whole).
+    pub path: String,
+    pub message: String,
+}
+
+/// Receives progress of a running stage. All methods have no-op defaults.
+pub trait Progress: Send + Sync {
+    /// Called once when training starts (or resumes at `start_epoch`).
+    fn begin(&self, _epochs: usize, _steps_per_epoch: usize, _start_epoch: usize) {}
+    /// After each optimizer step.
+    fn step(&self, _epoch: usize, _step: usize, _loss: f64, _images_per_sec: f64) {}
+    /// After each epoch, with that epoch's metrics (loss, accuracy, ...).
+    fn epoch(&self, _epoch: usize, _metrics: &BTreeMap<String, f64>) {}
+    /// A free-form line (shown in logs).
+    fn message(&self, _msg: &str) {}
+}
+
+/// A progress sink that ignores everything (tests, benches).
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Everything a stage kind's `run` gets.
+pub struct RunCtx<'a> {
+    /// The value `resolve_params` returned (defaults filled).
+    pub params: &'a serde_json::Value,
+    /// role → artifact directories of the referenced inputs (one for single refs, in order for `many`).
+    pub inputs: &'a BTreeMap<String, Vec<PathBuf>>,
+    /// Only for the `dataset` kind: the resolved dataset root directory.
+    pub dataset_root: Option<&'a Path>,
+    /// Empty directory the stage writes its output files into.
+    pub out_dir: &'a Path,
+    /// Directory that survives interruptions: epoch checkpoints live here. May hold a checkpoint
+    /// from an earlier interrupted run with the same key; the stage resumes from it.
+    pub resume_dir: &'a Path,
+    pub seed: u64,
+    /// Save an epoch checkpoint every this many epochs (0 = never). Does not affect results.
+    pub checkpoint_every: usize,
+    pub progress: &'a dyn Progress,
+    /// Set on Ctrl-C; training loops check it between steps and return an error.
+    pub cancel: &'a AtomicBool,
+}
+
+impl RunCtx<'_> {
+    /// Parse the resolved params into the kind's typed struct.
+    pub fn params<P: DeserializeOwned>(&self) -> anyhow::Result<P> {
+        Ok(serde_json::from_value(self.params.clone())?)
+    }
+    /// The single input directory of `role`.
+    pub fn input(&self, role: &str) -> anyhow::Result<&Path> {
+        match self.inputs.get(role).map(|v| v.as_slice()) {
+            Some([one]) => Ok(one.as_path()),
+            _ => anyhow::bail!("stage expects exactly one `{role}` input"),
+        }
+    }
+    pub fn check_cancel(&self) -> anyhow::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            anyhow::bail!(Cancelled);
+        }
+        Ok(())
+    }
+}
+
+/// Returned (inside anyhow) when a stage stopped because `cancel` was set.
+#[derive(Debug, thiserror::Error)]
+#[error("cancelled")]
+pub struct Cancelled;
+
+/// What a finished stage reports besides its output files.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct StageOutput {
+    /// Final scalar metrics, e.g. `top1`, `loss`, `knn_top1`.
+    pub metrics: BTreeMap<String, f64>,
+    /// Per-epoch curves, e.g. `loss`, `contrastive_acc`, `knn_top1`.
+    pub series: BTreeMap<String, Vec<f64>>,
+    /// Anything structured: per-class accuracy, confusion matrix, split class counts.
+    pub details: serde_json::Value,
+}
+
+/// A stage kind as the engine sees it.
+pub struct KindSpec {
+    pub name: &'static str,
+    /// Implementation version: bump when a code change can change outputs.
+    pub version: u32,
+    /// One line for `semiflow kinds` and error messages.
+    pub summary: &'static str,
+    pub refs: &'static [RefSpec],
+    /// Whether it trains (has epochs, checkpoints, a loss curve).
+    pub trains: bool,
+    /// Validate the node's parameter table (references removed) and fill defaults.
+    pub resolve_params: fn(&serde_json::Value) -> Result<serde_json::Value, ParamError>,
+    pub run: fn(&RunCtx) -> anyhow::Result<StageOutput>,
+}
+
+/// Deserialize `raw` into `P` (which should use `#[serde(deny_unknown_fields, default)]`), then
+/// serialize back: the canonical, defaults-filled form. Errors carry the dotted key path.
+pub fn resolve_typed<P: DeserializeOwned + Serialize>(
+    raw: &serde_json::Value,
+) -> Result<serde_json::Value, ParamError> {
+    let p: P = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        ParamError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    serde_json::to_value(&p).map_err(|e| ParamError {
+        path: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// Every stage kind, in a stable order.
+pub fn registry() -> &'static [KindSpec] {
+    crate::kinds::REGISTRY
+}
+
+/// Look a kind up by name.
+pub fn kind(name: &str) -> Option<&'static KindSpec> {
+    registry().iter().find(|k| k.name == name)
+}

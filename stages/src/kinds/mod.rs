@@ -1,0 +1,5 @@
+//! One module per stage kind, and the registry the engine reads.
+
+use crate::api::KindSpec;
+
+pub static REGISTRY: &[KindSpec] = &[];

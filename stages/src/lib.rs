@@ -1,0 +1,17 @@
+//! semiflow-stages: every piece of machine learning semiflow runs, built on candle.
+//!
+//! This crate knows nothing of pipelines, DAGs or caches. The engine sees it only through
+//! [`api`]: a registry of stage kinds, each a function of
+//! (typed params with defaults, input artifact dirs, output dir, resume dir, progress) → files + metrics.
+
+pub mod api;
+pub mod data;
+pub mod kernels;
+pub mod kinds;
+pub mod loss;
+pub mod memory;
+pub mod model;
+pub mod optim;
+pub mod util;
+
+pub use api::{registry, KindSpec, Progress, RefSpec, RefTarget, RunCtx, StageOutput};

@@ -1,0 +1,1 @@
+//! Losses: NT-Xent (SimCLR contrastive) and the distillation soft cross-entropy.

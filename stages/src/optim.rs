@@ -1,0 +1,1 @@
+//! Optimizers (LARS, SGD with momentum) and learning-rate schedules.
