@@ -1,0 +1,52 @@
+//! The concrete, validated, sweep-expanded pipeline the executor runs.
+//!
+//! `pipeline::load` produces it from a TOML file; everything downstream (keys, DAG, execution,
+//! status, audit, report) consumes only this type, never the raw TOML.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A whole pipeline after parsing, validation, `--set` overrides and sweep expansion.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `[pipeline].name`.
+    pub name: String,
+    /// The pipeline file as given (for messages only; never part of a cache key).
+    pub file: PathBuf,
+    /// Nodes in a topological order (inputs before users). Datasets appear as nodes of kind
+    /// `dataset` named `dataset.<name>`.
+    pub nodes: Vec<PlanNode>,
+    /// The `--set` overrides as typed by the user, for provenance.
+    pub overrides: Vec<String>,
+    /// Sweep variables and their values, in declaration order, for reports.
+    pub sweep: Vec<(String, Vec<serde_json::Value>)>,
+}
+
+/// One concrete node.
+#[derive(Debug, Clone)]
+pub struct PlanNode {
+    /// Unique display name; expanded nodes show their sweep point: `finetune[label_fraction=0.01]`.
+    pub name: String,
+    /// The `[nodes.X]` table name it came from (`finetune`).
+    pub base: String,
+    /// The sweep point of this node (only the variables it depends on, directly or via inputs).
+    pub point: BTreeMap<String, serde_json::Value>,
+    /// Stage kind name (a `semiflow_stages::api::KindSpec::name`).
+    pub kind: String,
+    /// Parameters resolved by the kind's typed struct: defaults filled, references removed.
+    pub params: serde_json::Value,
+    /// role → indices (into `Plan::nodes`) of the nodes whose outputs this node reads.
+    pub inputs: BTreeMap<String, Vec<usize>>,
+    /// Only for `dataset` nodes: the resolved dataset root directory (fingerprinted, not hashed as a path).
+    pub dataset_root: Option<PathBuf>,
+    /// The node's seed (pipeline seed, or the node's own `seed`, possibly a sweep variable).
+    pub seed: u64,
+    /// Epoch-checkpoint period for training kinds (not part of the cache key).
+    pub checkpoint_every: usize,
+}
+
+impl Plan {
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+}
