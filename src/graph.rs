@@ -214,7 +214,13 @@ fn render_text(plan: &Plan) -> String {
 }
 
 fn render_dot(plan: &Plan) -> String {
-    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let q = |s: &str| {
+        let escaped = s
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        format!("\"{escaped}\"")
+    };
     let mut out = format!(
         "digraph {} {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
         q(&plan.name)

@@ -1,6 +1,7 @@
 //! Malformed pipelines: each must fail validation with a message that names the place
 //! (`file:line:col` or `--set #N:1:col`), the key, and what is wrong.
 
+#[path = "pipeline_support/mod.rs"]
 mod support;
 
 use support::Scratch;

@@ -240,9 +240,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
-    }
+    d[0] = (0..=b.len()).collect();
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
@@ -284,7 +282,7 @@ pub(crate) fn list<S: AsRef<str>>(items: &[S]) -> String {
 }
 
 /// "did you mean `x`?" if a candidate is close, else "known: ..." — the help line for unknown names.
-pub(crate) fn suggest<'a>(word: &str, what: &str, candidates: &[&'a str]) -> String {
+pub(crate) fn suggest(word: &str, what: &str, candidates: &[&str]) -> String {
     match closest(word, candidates.iter().copied()) {
         Some(c) => format!("did you mean `{c}`? ({what}: {})", list(candidates)),
         None => format!("{what}: {}", list(candidates)),
