@@ -186,6 +186,12 @@ fn overrides_are_applied_and_recorded() {
     assert_eq!(node(&plan, "split").params["fraction"], json!(0.2));
     assert_eq!(node(&plan, "finetune[seed=1]").checkpoint_every, 0);
     assert_eq!(plan.nodes.len(), 1 + 1 + 1 + 2 + 2);
+    // A sweep can be narrowed from the command line.
+    let plan = scratch
+        .load(&["sweep.label_fraction=[0.5]", "sweep.seed=[3]"])
+        .unwrap();
+    assert_eq!(plan.nodes.len(), 1 + 1 + 1 + 1 + 1);
+    assert_eq!(node(&plan, "finetune[label_fraction=0.5,seed=3]").seed, 3);
     // Overriding the pipeline seed reaches nodes without their own.
     let plan = scratch.load(&["pipeline.seed=42"]).unwrap();
     assert_eq!(node(&plan, "pretrain").seed, 42);

@@ -1,18 +1,44 @@
-//! Pipeline files: TOML → validated, sweep-expanded [`Plan`].
+//! Pipeline files: TOML → validated, sweep-expanded [`Plan`](crate::plan::Plan).
 //!
-//! - [`spanned`]: the parsed TOML tree with source positions.
-//! - [`overrides`]: `--set node.key=value`.
-//! - [`schema`]: structural validation of `[pipeline]`, `[datasets.*]`, `[sweep]`, `[nodes.*]`.
-//! - [`subst`]: `${sweep.VAR}` and `${ENV}` placeholders.
-//! - [`params`]: mapping a stage kind's parameter errors back to source positions.
-//! - [`expand`]: dependency order, sweep expansion, resolved parameters.
-//! - [`error`]: diagnostics (`file:line:col: key: message` + `help:`).
+//! ```toml
+//! [pipeline]
+//! name = "cifar10-simclrv2"   # required
+//! seed = 0                    # default 0; a node's own `seed` wins
+//!
+//! [datasets.cifar10]          # becomes plan node `dataset.cifar10` (kind `dataset`) if referenced
+//! format = "image-folder"     # checked by the `dataset` kind, like train/test
+//! root = "data/cifar10"       # relative to this file; ${VAR} and ${VAR:-default} expanded
+//!
+//! [sweep]                     # optional; every combination a node depends on becomes a node
+//! label_fraction = [0.01, 0.1]
+//!
+//! [nodes.finetune]
+//! kind = "finetune"           # required: a stage kind
+//! from = "pretrain"           # references, as the kind's RefSpecs declare them
+//! labels = "split"
+//! seed = "${sweep.seed}"      # engine keys: seed, checkpoint_every (default 1; never hashed)
+//! head_layer = 1              # everything else: the kind's parameters
+//! ```
+//!
+//! A string that is exactly `"${sweep.VAR}"` takes the sweep value with its type; inside a longer
+//! string the value is interpolated. Expanded nodes are named `base[var=value,...]`.
+//!
+//! - `spanned`: the parsed TOML tree with source positions.
+//! - `overrides`: `--set node.key=value`.
+//! - `schema`: the declared document; `[pipeline]`, `[datasets.*]`, `[sweep]`.
+//! - `nodes`, `refs`: `[nodes.*]` tables and their references.
+//! - `subst`: `${sweep.VAR}` and `${ENV}` placeholders.
+//! - `params`: mapping a stage kind's parameter errors back to source positions.
+//! - `expand`: dependency order, sweep expansion, resolved parameters.
+//! - `error`: diagnostics (`file:line:col: key: message` + `help:`).
 
 mod error;
 mod expand;
 mod load;
+mod nodes;
 mod overrides;
 mod params;
+mod refs;
 mod schema;
 mod spanned;
 mod subst;
