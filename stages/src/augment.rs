@@ -6,7 +6,7 @@
 //!
 //! Where the paper and the reference code differ, the paper wins:
 //! - crop area is drawn uniformly from [0.08, 1] of the image (the reference's
-//!   `min_object_covered = 0.1` would silently raise the lower bound to 0.1);
+//!   `min_object_covered = 0.1` would silently raise the lower bound to 0.1).
 //!
 //! Where the paper is silent, the reference is followed:
 //! - aspect ratio uniform in [3/4, 4/3]; up to 100 attempts, then the whole image;
