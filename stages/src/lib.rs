@@ -5,6 +5,7 @@
 //! (typed params with defaults, input artifact dirs, output dir, resume dir, progress) → files + metrics.
 
 pub mod api;
+pub mod augment;
 pub mod data;
 pub mod kernels;
 pub mod kinds;
