@@ -8,6 +8,7 @@ pub mod api;
 pub mod data;
 pub mod kernels;
 pub mod kinds;
+pub mod knn;
 pub mod loss;
 pub mod memory;
 pub mod model;
