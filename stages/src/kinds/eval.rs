@@ -65,7 +65,8 @@ pub struct EvalParams {
     pub knn_temperature: f64,
     /// Epochs of linear-probe training on frozen features (pretrain checkpoints); 0 = no probe.
     pub linear_probe_epochs: usize,
-    /// Split to evaluate: "test" or "train".
+    /// Split to evaluate: "test" or "train". (kNN on "train" queries the bank it was built from,
+    /// so each image finds itself: a fit measure, not held-out accuracy.)
     pub split: String,
 }
 

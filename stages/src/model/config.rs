@@ -55,6 +55,8 @@ pub struct ModelCfg {
     /// Output dimension of the projection head.
     pub proj_dim: usize,
     /// Width of the hidden head layers; `None` = the encoder's output dimension (SimCLRv2).
+    /// Omitted rather than `null` when unset, so resolved params stay TOML-expressible.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub proj_hidden: Option<usize>,
     /// BatchNorm running-statistics decay, TF style: running = m·running + (1−m)·batch.
     pub bn_momentum: f64,
@@ -268,5 +270,8 @@ mod tests {
         assert_eq!(c.stem, Stem::Cifar);
         assert_eq!(c.head_layers, 3);
         assert!(serde_json::from_str::<ModelCfg>(r#"{"dept": 50}"#).is_err());
+        let v = serde_json::to_value(&c).unwrap();
+        assert!(v.get("proj_hidden").is_none());
+        assert_eq!(serde_json::from_value::<ModelCfg>(v).unwrap(), c);
     }
 }

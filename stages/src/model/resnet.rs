@@ -80,6 +80,16 @@ fn max_pool_3x3_s2_same(x: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// 2×2 stride-1 "SAME" average pool. TF pads (0, 1) and leaves the padding out of each average,
+/// which is exactly what replicating the last row/column does. Built from narrow + add because
+/// candle's avg_pool2d has no backward for kernel ≠ stride.
+fn avg_pool_2x2_s1_same(x: &Tensor) -> Result<Tensor> {
+    let p = x.pad_with_same(2, 0, 1)?.pad_with_same(3, 0, 1)?;
+    let (h, w) = (x.dim(2)?, x.dim(3)?);
+    let q = |dy: usize, dx: usize| p.narrow(2, dy, h)?.narrow(3, dx, w);
+    ((q(0, 0)? + q(0, 1)?)? + (q(1, 0)? + q(1, 1)?)?)? * 0.25
+}
+
 /// The encoder's first layers.
 struct Stem {
     convs: Vec<ConvBn>,
@@ -148,12 +158,7 @@ impl Shortcut {
             let p = x.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
             p.avg_pool2d_with_stride((2, 2), (self.stride, self.stride))?
         } else {
-            // 2×2 stride-1 "SAME" average pool; TF excludes the padding from the average, which is
-            // exactly what replicating the last row/column does.
-            let p = x.pad_with_same(2, 0, 1)?.pad_with_same(3, 0, 1)?;
-            let (h, w) = (x.dim(2)?, x.dim(3)?);
-            let q = |dy: usize, dx: usize| p.narrow(2, dy, h)?.narrow(3, dx, w);
-            (((q(0, 0)? + q(0, 1)?)? + (q(1, 0)? + q(1, 1)?)?)? * 0.25)?
+            avg_pool_2x2_s1_same(x)?
         };
         self.proj.forward(&x, train, false)
     }
@@ -342,6 +347,16 @@ impl Visit for Encoder {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn stride1_avg_pool_excludes_padding_like_tf() {
+        let x = Tensor::new(&[[[[0f32, 1.], [2., 3.]]]], &Device::Cpu).unwrap();
+        let y = avg_pool_2x2_s1_same(&x).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [1.5, 2.0, 2.5, 3.0]
+        );
+    }
 
     #[test]
     fn max_pool_matches_tf_same_and_has_gradients() {

@@ -34,6 +34,12 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 #[test]
+fn network_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Network>();
+}
+
+#[test]
 fn output_shapes_for_each_family_and_stem() {
     let d = Device::Cpu;
     // (cfg, image size, in channels, expected feature dim)
@@ -362,4 +368,19 @@ fn tiny_network_overfits_a_tiny_batch() {
         labels.to_vec1::<u32>().unwrap()
     );
     assert_eq!(pred.dtype(), DType::U32);
+}
+
+/// Peak-memory probe for eval-mode feature extraction (PERF-NOTES trap: a graph kept through
+/// Var-backed weights costs 3-4 GB for R18 at b256). Run under `/usr/bin/time -v` with
+/// `--ignored eval_memory_probe`.
+#[test]
+#[ignore]
+fn eval_memory_probe() {
+    let d = Device::Cpu;
+    let net = Network::new_pretrain(&ModelCfg::default(), 32, 3, &d, 0).unwrap();
+    let x = images(256, 3, 32, 0);
+    let t = std::time::Instant::now();
+    let f = net.features(&x, false).unwrap();
+    assert_eq!(f.dims(), [256, 512]);
+    eprintln!("R18 b256 eval forward: {:.2} s", t.elapsed().as_secs_f64());
 }
