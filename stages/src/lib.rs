@@ -9,6 +9,7 @@ pub mod augment;
 pub mod data;
 pub mod kernels;
 pub mod kinds;
+pub mod knn;
 pub mod loss;
 pub mod memory;
 pub mod model;

@@ -1,8 +1,10 @@
 //! One module per stage kind, and the registry the engine reads.
 
 pub mod dataset;
+pub mod eval;
 pub mod split;
 
 use crate::api::KindSpec;
 
-pub static REGISTRY: &[KindSpec] = &[];
+/// Every shipped stage kind, in pipeline order.
+pub static REGISTRY: &[KindSpec] = &[dataset::SPEC, split::SPEC, eval::SPEC];
