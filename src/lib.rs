@@ -1,3 +1,17 @@
 //! semiflow engine: pipeline files → DAG → cached, resumable execution of `semiflow-stages` kinds.
 
 pub mod plan;
+
+pub mod audit;
+pub mod cli;
+pub mod exec;
+pub mod explain;
+pub mod gc;
+pub mod key;
+pub mod logging;
+pub mod pipeline_stub;
+pub mod progress;
+pub mod report;
+pub mod show;
+pub mod store;
+pub mod timefmt;

@@ -2,4 +2,6 @@
 
 use crate::api::KindSpec;
 
+pub mod toy;
+
 pub static REGISTRY: &[KindSpec] = &[];
