@@ -37,7 +37,12 @@ pub fn audit(store: &Store, plan: &Plan, opts: &AuditOptions) -> Result<bool> {
         };
         let problems = store.record_problems(&rec, opts.verify);
         if problems.is_empty() {
-            println!("ok    {}: {} blobs{}", node.name, rec.files.len() + 1, if opts.verify { " verified" } else { "" });
+            println!(
+                "ok    {}: {} blobs{}",
+                node.name,
+                rec.files.len() + 1,
+                if opts.verify { " verified" } else { "" }
+            );
             continue;
         }
         ok = false;
@@ -111,10 +116,16 @@ fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Resu
         for (rel, path) in files {
             fresh.insert(rel, hash_file(&path)?.0);
         }
-        let recorded: BTreeMap<String, String> =
-            rec.files.iter().map(|(n, e)| (n.clone(), e.hash.clone())).collect();
+        let recorded: BTreeMap<String, String> = rec
+            .files
+            .iter()
+            .map(|(n, e)| (n.clone(), e.hash.clone()))
+            .collect();
         if fresh == recorded {
-            println!("ok    rerun {name}: {} output files bit-identical", fresh.len());
+            println!(
+                "ok    rerun {name}: {} output files bit-identical",
+                fresh.len()
+            );
             return Ok(true);
         }
         let differing: Vec<String> = recorded
@@ -130,7 +141,10 @@ fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Resu
             .into_iter()
             .collect();
         let Some(tol) = tolerance else {
-            println!("FAIL  rerun {name}: outputs differ: {}", differing.join(", "));
+            println!(
+                "FAIL  rerun {name}: outputs differ: {}",
+                differing.join(", ")
+            );
             return Ok(false);
         };
         let mut worst = 0.0f64;
@@ -150,7 +164,11 @@ fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Resu
         } else {
             println!(
                 "FAIL  rerun {name}: metrics differ by up to {worst:.3e} (tolerance {tol}){}",
-                if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) }
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; missing: {}", missing.join(", "))
+                }
             );
             Ok(false)
         }

@@ -10,7 +10,11 @@ use crate::plan::Plan;
 use crate::store::{Store, WaitPolicy};
 
 #[derive(Debug, Parser)]
-#[command(name = "semiflow", version, about = "SimCLRv2 semi-supervised learning as a cached, resumable pipeline")]
+#[command(
+    name = "semiflow",
+    version,
+    about = "SimCLRv2 semi-supervised learning as a cached, resumable pipeline"
+)]
 pub struct Cli {
     /// Store directory (default: $SEMIFLOW_STORE, else ./artifacts).
     #[arg(long, global = true, value_name = "DIR")]
@@ -158,7 +162,14 @@ pub fn main() -> i32 {
 
 fn open_store(cli_store: Option<&Path>, no_wait: bool) -> Result<Store> {
     let root = Store::locate(cli_store);
-    Store::open(&root, if no_wait { WaitPolicy::Fail } else { WaitPolicy::Wait })
+    Store::open(
+        &root,
+        if no_wait {
+            WaitPolicy::Fail
+        } else {
+            WaitPolicy::Wait
+        },
+    )
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
@@ -189,7 +200,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return Ok(0);
             }
             install_ctrlc();
-            let opts = crate::exec::RunOptions { jobs, force, verify };
+            let opts = crate::exec::RunOptions {
+                jobs,
+                force,
+                verify,
+            };
             let summary = crate::exec::run(Arc::new(store), Arc::new(plan), &selection, &opts)?;
             crate::exec::print_eval_table(&summary.records);
             println!("{}", summary.line());
@@ -199,7 +214,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 );
                 return Ok(130);
             }
-            Ok(if summary.failed + summary.blocked == 0 { 0 } else { 1 })
+            Ok(if summary.failed + summary.blocked == 0 {
+                0
+            } else {
+                1
+            })
         }
         Command::Validate { file, set } => {
             let plan = frontend::load(&file, &set)?;
@@ -236,7 +255,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Log { target } => {
             let path = crate::show::log_path(&store()?, &target)?;
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             print!("{text}");
             Ok(0)
         }

@@ -66,7 +66,8 @@ impl Summary {
 
 /// The stage kind named `name`, or an error telling where to look.
 pub fn kind_spec(name: &str) -> Result<&'static KindSpec> {
-    api::kind(name).ok_or_else(|| anyhow!("unknown stage kind `{name}`; `semiflow kinds` lists them"))
+    api::kind(name)
+        .ok_or_else(|| anyhow!("unknown stage kind `{name}`; `semiflow kinds` lists them"))
 }
 
 /// Whether `node` is named (by full or base name) in `patterns`.
@@ -75,7 +76,11 @@ pub fn matches_any(node: &PlanNode, patterns: &[String]) -> bool {
 }
 
 /// The cache key of `node` given its inputs' artifact hashes by role.
-pub fn node_key(store: &Store, node: &PlanNode, inputs: &BTreeMap<String, Vec<String>>) -> Result<Key> {
+pub fn node_key(
+    store: &Store,
+    node: &PlanNode,
+    inputs: &BTreeMap<String, Vec<String>>,
+) -> Result<Key> {
     let spec = kind_spec(&node.kind)?;
     let fingerprint = match &node.dataset_root {
         Some(root) => Some(
@@ -116,7 +121,12 @@ enum State {
 
 /// Run the selected nodes. Errors are per node (reported, counted); `Err` only for store failures
 /// that make going on pointless.
-pub fn run(store: Arc<Store>, plan: Arc<Plan>, selection: &[usize], opts: &RunOptions) -> Result<Summary> {
+pub fn run(
+    store: Arc<Store>,
+    plan: Arc<Plan>,
+    selection: &[usize],
+    opts: &RunOptions,
+) -> Result<Summary> {
     let need = needed(plan.as_ref(), selection);
     let mut selected = vec![false; plan.nodes.len()];
     for &i in selection {
@@ -144,8 +154,14 @@ pub fn run(store: Arc<Store>, plan: Arc<Plan>, selection: &[usize], opts: &RunOp
                 let mut ready = true;
                 for &j in node.inputs.values().flatten() {
                     match &states[j] {
-                        State::Failed => blocked_by = Some(format!("input {} failed", plan.nodes[j].name)),
-                        State::Blocked(_) => blocked_by = Some(format!("input {} is blocked", plan.nodes[j].name)),
+                        State::Failed => {
+                            blocked_by = Some(format!("input {} failed", plan.nodes[j].name))
+                        }
+                        // An unselected, unbuilt input: pass its reason on, it names the input.
+                        State::Blocked(why) if !selected[j] => blocked_by = Some(why.clone()),
+                        State::Blocked(_) => {
+                            blocked_by = Some(format!("input {} is blocked", plan.nodes[j].name))
+                        }
                         State::Done { .. } => {}
                         _ => ready = false,
                     }
@@ -179,7 +195,11 @@ pub fn run(store: Arc<Store>, plan: Arc<Plan>, selection: &[usize], opts: &RunOp
                 if !forced {
                     match store.lookup(&key.hex, opts.verify)? {
                         Ok(record) => {
-                            tracing::debug!("{}: cached ({})", node.name, crate::key::short(&key.hex));
+                            tracing::debug!(
+                                "{}: cached ({})",
+                                node.name,
+                                crate::key::short(&key.hex)
+                            );
                             states[i] = State::Done {
                                 record: Box::new(record),
                                 ran: false,
@@ -246,7 +266,10 @@ pub fn run(store: Arc<Store>, plan: Arc<Plan>, selection: &[usize], opts: &RunOp
                 };
             }
             Err(e) => {
-                let log = store.index.last_attempt(&node.name)?.map(|k| store.log_path(&k));
+                let log = store
+                    .index
+                    .last_attempt(&node.name)?
+                    .map(|k| store.log_path(&k));
                 let log = log.map(|p| p.display().to_string()).unwrap_or_default();
                 if e.downcast_ref::<Cancelled>().is_some() {
                     summary.interrupted = true;
@@ -316,7 +339,11 @@ pub fn materialize_inputs(
         for (j, r) in refs.iter().enumerate() {
             let dest = dir.join(role).join(j.to_string());
             let manifest = store.blobs.read_manifest(&r.artifact).with_context(|| {
-                format!("input {role} from {} (artifact {})", r.node, crate::key::short(&r.artifact))
+                format!(
+                    "input {role} from {} (artifact {})",
+                    r.node,
+                    crate::key::short(&r.artifact)
+                )
             })?;
             store.blobs.materialize(&manifest, &dest)?;
             dirs.push(dest);
@@ -358,12 +385,21 @@ pub fn invoke_stage(
         }
     };
     let bad_metric = output.metrics.iter().find(|(_, v)| !v.is_finite());
-    let bad_series = output.series.iter().find(|(_, v)| v.iter().any(|x| !x.is_finite()));
+    let bad_series = output
+        .series
+        .iter()
+        .find(|(_, v)| v.iter().any(|x| !x.is_finite()));
     if let Some((name, v)) = bad_metric {
-        bail!("stage `{}` reported metric {name} = {v}; nothing was stored", spec.name);
+        bail!(
+            "stage `{}` reported metric {name} = {v}; nothing was stored",
+            spec.name
+        );
     }
     if let Some((name, _)) = bad_series {
-        bail!("stage `{}` reported a non-finite value in series {name}; nothing was stored", spec.name);
+        bail!(
+            "stage `{}` reported a non-finite value in series {name}; nothing was stored",
+            spec.name
+        );
     }
     Ok(output)
 }
@@ -390,7 +426,10 @@ fn build_node(
     crate::logging::append(
         &log,
         "INFO",
-        &format!("=== node {} (kind {}) key {} ===", node.name, node.kind, key.hex),
+        &format!(
+            "=== node {} (kind {}) key {} ===",
+            node.name, node.kind, key.hex
+        ),
     );
     crate::logging::with_node_log(log.clone(), || {
         let scratch = store.scratch_dir(&format!("run-{}", &key.hex[..12]))?;
@@ -405,7 +444,12 @@ fn build_node(
             std::fs::create_dir_all(&out_dir)?;
             let started = SystemTime::now();
             let clock = Instant::now();
-            tracing::info!("{}: running {} ({})", node.name, node.kind, crate::key::short(&key.hex));
+            tracing::info!(
+                "{}: running {} ({})",
+                node.name,
+                node.kind,
+                crate::key::short(&key.hex)
+            );
             let progress = NodeProgress::new(&node.name, log.clone());
             let output = invoke_stage(spec, node, &input_dirs, &out_dir, &resume_dir, &progress);
             progress.finish();
@@ -431,7 +475,11 @@ fn build_node(
             store.index.commit(&record)?;
             // The record is durable; the checkpoint is no longer needed.
             let _ = std::fs::remove_dir_all(&resume_dir);
-            tracing::debug!("{}: committed {}", node.name, crate::key::short(&record.artifact));
+            tracing::debug!(
+                "{}: committed {}",
+                node.name,
+                crate::key::short(&record.artifact)
+            );
             Ok(record)
         })();
         if let Err(e) = &result {
@@ -447,7 +495,11 @@ pub fn thread_count() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }
 
 fn provenance(plan: &Plan, node: &PlanNode, started: SystemTime, duration_s: f64) -> Provenance {

@@ -47,7 +47,12 @@ pub struct NodeStatus {
 pub const PENDING: &str = "pending input";
 
 /// The state of every selected node (in plan order), as `run` would find it.
-pub fn status(store: &Store, plan: &Plan, selection: &[usize], force: &[String]) -> Result<Vec<NodeStatus>> {
+pub fn status(
+    store: &Store,
+    plan: &Plan,
+    selection: &[usize],
+    force: &[String],
+) -> Result<Vec<NodeStatus>> {
     let need = needed(plan, selection);
     let mut selected = vec![false; plan.nodes.len()];
     for &i in selection {
@@ -100,7 +105,11 @@ pub fn status(store: &Store, plan: &Plan, selection: &[usize], force: &[String])
         let spec = match kind_spec(&node.kind) {
             Ok(s) => s,
             Err(e) => {
-                rows[i] = Some(row(State::Blocked, PENDING.to_string(), vec![e.to_string()]));
+                rows[i] = Some(row(
+                    State::Blocked,
+                    PENDING.to_string(),
+                    vec![e.to_string()],
+                ));
                 continue;
             }
         };
@@ -127,7 +136,11 @@ pub fn status(store: &Store, plan: &Plan, selection: &[usize], force: &[String])
             if forced {
                 reasons.push("forced (--force)".into());
             }
-            let state = if selected[i] { State::WillRun } else { State::Blocked };
+            let state = if selected[i] {
+                State::WillRun
+            } else {
+                State::Blocked
+            };
             if !selected[i] {
                 reasons.push("not selected, and its inputs will change".into());
             }
@@ -137,7 +150,11 @@ pub fn status(store: &Store, plan: &Plan, selection: &[usize], force: &[String])
         let key = match node_key(store, node, &hashes) {
             Ok(k) => k,
             Err(e) => {
-                rows[i] = Some(row(State::Blocked, PENDING.to_string(), vec![format!("{e:#}")]));
+                rows[i] = Some(row(
+                    State::Blocked,
+                    PENDING.to_string(),
+                    vec![format!("{e:#}")],
+                ));
                 continue;
             }
         };
@@ -157,7 +174,11 @@ pub fn status(store: &Store, plan: &Plan, selection: &[usize], force: &[String])
                         Some(prev) if prev.key != key.hex => {
                             reasons.extend(diff_components(&prev.components, &key.components));
                             if reasons.is_empty() {
-                                reasons.push(format!("key changed: {} → {}", short(&prev.key), short(&key.hex)));
+                                reasons.push(format!(
+                                    "key changed: {} → {}",
+                                    short(&prev.key),
+                                    short(&key.hex)
+                                ));
                             }
                         }
                         _ => reasons.push("never built".into()),
@@ -206,7 +227,11 @@ pub fn diff_components(old: &[(String, String)], new: &[(String, String)]) -> Ve
 pub fn print_text(rows: &[NodeStatus], dry_run: bool) {
     let w = rows.iter().map(|r| r.node.len()).max().unwrap_or(4);
     for r in rows {
-        let key = if r.key == PENDING { r.key.clone() } else { short(&r.key) };
+        let key = if r.key == PENDING {
+            r.key.clone()
+        } else {
+            short(&r.key)
+        };
         let reasons = if r.reasons.is_empty() {
             String::new()
         } else {
@@ -227,13 +252,23 @@ mod tests {
     use super::*;
 
     fn c(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn diff_names_changed_added_and_removed_components() {
-        let old = c(&[("param epochs", "30"), ("code finetune", "v1"), ("param lr", "0.1")]);
-        let new = c(&[("param epochs", "60"), ("code finetune", "v2"), ("param wd", "0")]);
+        let old = c(&[
+            ("param epochs", "30"),
+            ("code finetune", "v1"),
+            ("param lr", "0.1"),
+        ]);
+        let new = c(&[
+            ("param epochs", "60"),
+            ("code finetune", "v2"),
+            ("param wd", "0"),
+        ]);
         assert_eq!(
             diff_components(&old, &new),
             [

@@ -31,7 +31,11 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
     }
     let mut report = GcReport::default();
     let mut remove = |path: &Path, bytes: u64, what: &str| -> Result<()> {
-        println!("{} {what} {} ({bytes} bytes)", if dry_run { "would remove" } else { "removing" }, path.display());
+        println!(
+            "{} {what} {} ({bytes} bytes)",
+            if dry_run { "would remove" } else { "removing" },
+            path.display()
+        );
         report.files += 1;
         report.bytes += bytes;
         if !dry_run {
@@ -48,14 +52,21 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
             remove(&store.blobs.path(&hash), size, "blob")?;
         }
     }
-    for (sub, what) in [("tmp", "temp"), ("quarantine", "quarantined blob"), ("resume", "checkpoint")] {
+    for (sub, what) in [
+        ("tmp", "temp"),
+        ("quarantine", "quarantined blob"),
+        ("resume", "checkpoint"),
+    ] {
         for e in read_dir(&store.root.join(sub))? {
             remove(&e, dir_size(&e), what)?;
         }
     }
     let attempted: BTreeSet<String> = store.index.attempt_keys()?.into_iter().collect();
     for e in read_dir(&store.root.join("logs"))? {
-        let key = e.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let key = e
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if !live_keys.contains(&key) && !attempted.contains(&key) {
             remove(&e, dir_size(&e), "log")?;
         }

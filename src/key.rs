@@ -56,7 +56,9 @@ impl Key {
             "dataset": k.dataset,
             "seed": k.seed,
         });
-        let hex = blake3::hash(canonical_json(&doc).as_bytes()).to_hex().to_string();
+        let hex = blake3::hash(canonical_json(&doc).as_bytes())
+            .to_hex()
+            .to_string();
         Key {
             hex,
             components: components(k),

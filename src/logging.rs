@@ -113,5 +113,8 @@ pub fn init(verbosity: i8) {
             .with_default(Level::DEBUG)
             .with_target("sled", Level::WARN),
     );
-    let _ = tracing_subscriber::registry().with(stderr).with(file).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init();
 }

@@ -9,7 +9,9 @@ fn main() {
     // Without RAYON_NUM_THREADS candle re-reads /proc/cpuinfo on every matmul (PERF-NOTES.md).
     // Set before any thread exists, so no other thread can be reading the environment.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     std::process::exit(semiflow::cli::main());

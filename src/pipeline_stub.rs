@@ -15,8 +15,10 @@ use semiflow_stages::api::{self, RefTarget};
 use crate::plan::{Plan, PlanNode};
 
 pub fn load(path: &Path, overrides: &[String]) -> Result<Plan> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     for o in overrides {
         let (lhs, rhs) = o
             .split_once('=')
@@ -49,13 +51,17 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Plan> {
     let mut raw: Vec<(String, String, toml::Table, bool)> = Vec::new();
     if let Some(ds) = doc.get("datasets").and_then(|v| v.as_table()) {
         for (n, t) in ds {
-            let t = t.as_table().ok_or_else(|| anyhow!("[datasets.{n}] must be a table"))?;
+            let t = t
+                .as_table()
+                .ok_or_else(|| anyhow!("[datasets.{n}] must be a table"))?;
             raw.push((format!("dataset.{n}"), n.clone(), t.clone(), true));
         }
     }
     if let Some(ns) = doc.get("nodes").and_then(|v| v.as_table()) {
         for (n, t) in ns {
-            let t = t.as_table().ok_or_else(|| anyhow!("[nodes.{n}] must be a table"))?;
+            let t = t
+                .as_table()
+                .ok_or_else(|| anyhow!("[nodes.{n}] must be a table"))?;
             raw.push((n.clone(), n.clone(), t.clone(), false));
         }
     }
@@ -73,7 +79,10 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Plan> {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .ok_or_else(|| anyhow!("[nodes.{base}]: missing `kind`"))?
         };
-        let node_seed = t.remove("seed").and_then(|v| v.as_integer()).map(|s| s as u64);
+        let node_seed = t
+            .remove("seed")
+            .and_then(|v| v.as_integer())
+            .map(|s| s as u64);
         let checkpoint_every = t
             .remove("checkpoint_every")
             .and_then(|v| v.as_integer())
@@ -100,7 +109,11 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Plan> {
                     toml::Value::String(s) => vec![s],
                     toml::Value::Array(a) => a
                         .into_iter()
-                        .map(|x| x.as_str().map(str::to_string).ok_or_else(|| anyhow!("[nodes.{base}].{}: expected names", r.key)))
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .ok_or_else(|| anyhow!("[nodes.{base}].{}: expected names", r.key))
+                        })
                         .collect::<Result<_>>()?,
                     _ => bail!("[nodes.{base}].{}: expected a name", r.key),
                 };
@@ -116,8 +129,9 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Plan> {
         }
         let raw_params = serde_json::to_value(&t)?;
         let params = match spec {
-            Some(s) => (s.resolve_params)(&raw_params)
-                .map_err(|e| anyhow!("[nodes.{base}] {e}"))?,
+            Some(s) => {
+                (s.resolve_params)(&raw_params).map_err(|e| anyhow!("[nodes.{base}] {e}"))?
+            }
             None if is_dataset => raw_params,
             None => bail!("[nodes.{base}]: unknown kind `{kind}` (see `semiflow kinds`)"),
         };
@@ -156,7 +170,10 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Plan> {
                 .flatten()
                 .all(|n| pending.iter().any(|x| &x.node.name == n));
             if !all_exist {
-                bail!("node `{}` refers to an undefined node or dataset", p.node.name);
+                bail!(
+                    "node `{}` refers to an undefined node or dataset",
+                    p.node.name
+                );
             }
             if ready {
                 placed[i] = true;
@@ -234,19 +251,29 @@ pub fn render(plan: &Plan, format: DagFormat) -> String {
                 let ins: Vec<String> = n
                     .inputs
                     .iter()
-                    .flat_map(|(r, v)| v.iter().map(move |&i| format!("{r}={}", plan.nodes[i].name)))
+                    .flat_map(|(r, v)| {
+                        v.iter()
+                            .map(move |&i| format!("{r}={}", plan.nodes[i].name))
+                    })
                     .collect();
                 s.push_str(&format!("{} ({}) <- {}\n", n.name, n.kind, ins.join(", ")));
             }
         }
         DagFormat::Dot | DagFormat::Mermaid => {
             let dot = format == DagFormat::Dot;
-            s.push_str(if dot { "digraph pipeline {\n" } else { "graph TD\n" });
+            s.push_str(if dot {
+                "digraph pipeline {\n"
+            } else {
+                "graph TD\n"
+            });
             for (j, n) in plan.nodes.iter().enumerate() {
                 for (role, v) in &n.inputs {
                     for &i in v {
                         if dot {
-                            s.push_str(&format!("  \"{}\" -> \"{}\" [label=\"{role}\"];\n", plan.nodes[i].name, n.name));
+                            s.push_str(&format!(
+                                "  \"{}\" -> \"{}\" [label=\"{role}\"];\n",
+                                plan.nodes[i].name, n.name
+                            ));
                         } else {
                             s.push_str(&format!("  n{i} -->|{role}| n{j}\n"));
                         }

@@ -64,9 +64,11 @@ impl NodeProgress {
 impl Progress for NodeProgress {
     fn begin(&self, epochs: usize, steps_per_epoch: usize, start_epoch: usize) {
         use std::sync::atomic::Ordering;
-        self.steps_per_epoch.store(steps_per_epoch, Ordering::Relaxed);
+        self.steps_per_epoch
+            .store(steps_per_epoch, Ordering::Relaxed);
         self.bar.set_length((epochs * steps_per_epoch) as u64);
-        self.bar.set_position((start_epoch * steps_per_epoch) as u64);
+        self.bar
+            .set_position((start_epoch * steps_per_epoch) as u64);
         self.bar.reset_eta();
         append(
             &self.log,

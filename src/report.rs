@@ -49,10 +49,20 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
             let node = &plan.nodes[*i];
             let mut cells = vec![r.node.clone()];
             for c in &point_cols {
-                cells.push(node.point.get(c).map(|v| v.to_string()).unwrap_or_else(|| "-".into()));
+                cells.push(
+                    node.point
+                        .get(c)
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                );
             }
             for c in &metric_cols {
-                cells.push(r.metrics.get(*c).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()));
+                cells.push(
+                    r.metrics
+                        .get(*c)
+                        .map(|v| format!("{v:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                );
             }
             let _ = writeln!(md, "| {} |", cells.join(" | "));
         }
@@ -66,8 +76,18 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
             continue;
         };
         let file = format!("loss-{}.svg", sanitize(&r.node));
-        let pts: Vec<(f64, f64)> = loss.iter().enumerate().map(|(e, v)| ((e + 1) as f64, *v)).collect();
-        plot(&out.join(&file), &format!("{}: training loss", r.node), "epoch", "loss", &[(r.node.clone(), pts)])?;
+        let pts: Vec<(f64, f64)> = loss
+            .iter()
+            .enumerate()
+            .map(|(e, v)| ((e + 1) as f64, *v))
+            .collect();
+        plot(
+            &out.join(&file),
+            &format!("{}: training loss", r.node),
+            "epoch",
+            "loss",
+            &[(r.node.clone(), pts)],
+        )?;
         let _ = writeln!(md, "![{}]({file})\n", r.node);
         written.push(file);
     }
@@ -76,7 +96,10 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     let mut methods: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for (i, r) in &evals {
         let node = &plan.nodes[*i];
-        let (Some(frac), Some(top1)) = (node.point.get("label_fraction").and_then(|v| v.as_f64()), r.metrics.get("top1")) else {
+        let (Some(frac), Some(top1)) = (
+            node.point.get("label_fraction").and_then(|v| v.as_f64()),
+            r.metrics.get("top1"),
+        ) else {
             continue;
         };
         let mut bases: Vec<&str> = node
@@ -86,7 +109,10 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
             .map(|&j| plan.nodes[j].base.as_str())
             .collect();
         bases.dedup();
-        methods.entry(bases.join("+")).or_default().push((frac, *top1));
+        methods
+            .entry(bases.join("+"))
+            .or_default()
+            .push((frac, *top1));
     }
     if !methods.is_empty() {
         let series: Vec<(String, Vec<(f64, f64)>)> = methods
@@ -97,8 +123,17 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
             })
             .collect();
         let file = "top1-vs-label-fraction.svg".to_string();
-        plot(&out.join(&file), "top-1 vs label fraction", "label fraction", "top-1", &series)?;
-        let _ = writeln!(md, "## Accuracy vs label fraction\n\n![top-1 vs label fraction]({file})\n");
+        plot(
+            &out.join(&file),
+            "top-1 vs label fraction",
+            "label fraction",
+            "top-1",
+            &series,
+        )?;
+        let _ = writeln!(
+            md,
+            "## Accuracy vs label fraction\n\n![top-1 vs label fraction]({file})\n"
+        );
         written.push(file);
     }
     std::fs::write(out.join("report.md"), md)?;
@@ -108,12 +143,24 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 /// A line chart with markers, one series per entry.
-fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+fn plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
     let all = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in all {
@@ -122,7 +169,13 @@ fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(Strin
         y0 = y0.min(y);
         y1 = y1.max(y);
     }
-    let pad = |a: f64, b: f64| if (b - a).abs() < 1e-12 { (a - 0.5, b + 0.5) } else { (a - 0.05 * (b - a), b + 0.05 * (b - a)) };
+    let pad = |a: f64, b: f64| {
+        if (b - a).abs() < 1e-12 {
+            (a - 0.5, b + 0.5)
+        } else {
+            (a - 0.05 * (b - a), b + 0.05 * (b - a))
+        }
+    };
     let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
     let root = SVGBackend::new(path, (720, 432)).into_drawing_area();
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
@@ -133,7 +186,11 @@ fn plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(Strin
             .x_label_area_size(36)
             .y_label_area_size(56)
             .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()?;
         for (k, (name, pts)) in series.iter().enumerate() {
             let color = Palette99::pick(k).to_rgba();
             chart

@@ -62,8 +62,18 @@ pub fn print(rec: &Record) {
         }
     }
     for (name, s) in &rec.series {
-        let tail: Vec<String> = s.iter().rev().take(5).rev().map(|v| format!("{v:.6}")).collect();
-        println!("series {name}: {} points, last: {}", s.len(), tail.join(" "));
+        let tail: Vec<String> = s
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .map(|v| format!("{v:.6}"))
+            .collect();
+        println!(
+            "series {name}: {} points, last: {}",
+            s.len(),
+            tail.join(" ")
+        );
     }
     println!("provenance:");
     println!("  semiflow  {} (git {})", p.semiflow_version, p.git_commit);
@@ -86,7 +96,11 @@ pub fn log_path(store: &Store, target: &str) -> Result<std::path::PathBuf> {
     };
     let path = store.log_path(&key);
     if !path.exists() {
-        bail!("no log for {target} (key {}) in {}", short(&key), store.root.display());
+        bail!(
+            "no log for {target} (key {}) in {}",
+            short(&key),
+            store.root.display()
+        );
     }
     Ok(path)
 }

@@ -42,9 +42,14 @@ impl Manifest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobProblem {
     Missing,
-    WrongSize { expected: u64, found: u64 },
+    WrongSize {
+        expected: u64,
+        found: u64,
+    },
     /// Only detected when re-hashing (`--verify`).
-    Corrupt { found: String },
+    Corrupt {
+        found: String,
+    },
 }
 
 impl std::fmt::Display for BlobProblem {
@@ -54,7 +59,9 @@ impl std::fmt::Display for BlobProblem {
             BlobProblem::WrongSize { expected, found } => {
                 write!(f, "size {found} bytes, expected {expected}")
             }
-            BlobProblem::Corrupt { found } => write!(f, "content hashes to {}", crate::key::short(found)),
+            BlobProblem::Corrupt { found } => {
+                write!(f, "content hashes to {}", crate::key::short(found))
+            }
         }
     }
 }
@@ -135,7 +142,12 @@ impl Blobs {
     }
 
     /// Is the object present with `size` bytes (and, with `verify`, does its content hash match)?
-    pub fn check(&self, hash: &str, size: u64, verify: bool) -> std::result::Result<(), BlobProblem> {
+    pub fn check(
+        &self,
+        hash: &str,
+        size: u64,
+        verify: bool,
+    ) -> std::result::Result<(), BlobProblem> {
         let path = self.path(hash);
         let meta = match fs::metadata(&path) {
             Ok(m) if m.is_file() => m,
@@ -159,8 +171,10 @@ impl Blobs {
 
     pub fn read_manifest(&self, hash: &str) -> Result<Manifest> {
         let path = self.path(hash);
-        let bytes = fs::read(&path).with_context(|| format!("reading manifest {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing manifest {}", path.display()))
+        let bytes =
+            fs::read(&path).with_context(|| format!("reading manifest {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing manifest {}", path.display()))
     }
 
     /// Lay an artifact out as a directory under `dest` (which must not exist) using hard links to
@@ -174,8 +188,9 @@ impl Blobs {
             }
             let src = self.path(&entry.hash);
             if fs::hard_link(&src, &target).is_err() {
-                fs::copy(&src, &target)
-                    .with_context(|| format!("copying {} to {}", src.display(), target.display()))?;
+                fs::copy(&src, &target).with_context(|| {
+                    format!("copying {} to {}", src.display(), target.display())
+                })?;
             }
         }
         Ok(())
@@ -301,9 +316,15 @@ mod tests {
         fs::set_permissions(&p, perm).unwrap();
         fs::write(&p, b"jello").unwrap();
         assert_eq!(blobs.check(&e.hash, 5, false), Ok(()));
-        assert!(matches!(blobs.check(&e.hash, 5, true), Err(BlobProblem::Corrupt { .. })));
+        assert!(matches!(
+            blobs.check(&e.hash, 5, true),
+            Err(BlobProblem::Corrupt { .. })
+        ));
         fs::write(&p, b"hi").unwrap();
-        assert!(matches!(blobs.check(&e.hash, 5, false), Err(BlobProblem::WrongSize { .. })));
+        assert!(matches!(
+            blobs.check(&e.hash, 5, false),
+            Err(BlobProblem::WrongSize { .. })
+        ));
 
         let view = store.path().join("tmp/view");
         fs::write(&p, b"hello").unwrap();

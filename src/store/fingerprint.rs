@@ -45,7 +45,11 @@ pub fn dataset_fingerprint(index: &Index, root: &Path) -> Result<String> {
             }
         };
         // Length-prefixed fields: no two file lists encode to the same bytes.
-        for field in [rel.as_bytes(), meta.len().to_string().as_bytes(), hash.as_bytes()] {
+        for field in [
+            rel.as_bytes(),
+            meta.len().to_string().as_bytes(),
+            hash.as_bytes(),
+        ] {
             hasher.update(&(field.len() as u64).to_le_bytes());
             hasher.update(field);
         }
@@ -76,8 +80,16 @@ mod tests {
         // A memo hit is trusted: same path, size and mtime means the same content.
         let abs = data.canonicalize().unwrap().join("cls/b.png");
         let meta = std::fs::metadata(&abs).unwrap();
-        let mtime = meta.modified().unwrap().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let mtime = meta
+            .modified()
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let memo_key = format!("{}\0{}\0{}", abs.display(), meta.len(), mtime);
-        assert!(index.fingerprint_memo(memo_key.as_bytes()).unwrap().is_some());
+        assert!(index
+            .fingerprint_memo(memo_key.as_bytes())
+            .unwrap()
+            .is_some());
     }
 }

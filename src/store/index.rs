@@ -96,7 +96,8 @@ impl Index {
     pub fn commit(&self, rec: &Record) -> Result<()> {
         let bytes = serde_json::to_vec(rec)?;
         self.records.insert(rec.key.as_bytes(), bytes)?;
-        self.by_name.insert(rec.node.as_bytes(), rec.key.as_bytes())?;
+        self.by_name
+            .insert(rec.node.as_bytes(), rec.key.as_bytes())?;
         self.db.flush().context("flushing the sled index")?;
         Ok(())
     }

@@ -44,12 +44,11 @@ impl StoreLock {
                 Ok(()) => break,
                 Err(std::fs::TryLockError::WouldBlock) => {
                     let holder = read_holder(&mut file);
-                    let msg = format!(
-                        "store {} is in use by {holder}",
-                        store_root.display()
-                    );
+                    let msg = format!("store {} is in use by {holder}", store_root.display());
                     match policy {
-                        WaitPolicy::Fail => bail!("{msg} (--no-wait given; retry when it finishes)"),
+                        WaitPolicy::Fail => {
+                            bail!("{msg} (--no-wait given; retry when it finishes)")
+                        }
                         WaitPolicy::Wait if !announced => {
                             eprintln!("{msg}; waiting (use --no-wait to fail)");
                             announced = true;
@@ -100,7 +99,10 @@ mod tests {
         let first = StoreLock::acquire(dir.path(), WaitPolicy::Fail).unwrap();
         let err = StoreLock::acquire(dir.path(), WaitPolicy::Fail).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         drop(first);
         StoreLock::acquire(dir.path(), WaitPolicy::Fail).unwrap();
     }

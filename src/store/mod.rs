@@ -54,7 +54,11 @@ impl std::fmt::Display for Miss {
                 file,
                 hash,
                 problem,
-            } => write!(f, "output {file} (blob {}) {problem}", crate::key::short(hash)),
+            } => write!(
+                f,
+                "output {file} (blob {}) {problem}",
+                crate::key::short(hash)
+            ),
         }
     }
 }
@@ -125,10 +129,7 @@ impl Store {
     pub fn record_problems(&self, rec: &Record, verify: bool) -> Vec<Miss> {
         let mut out = Vec::new();
         let manifest = std::iter::once(("(manifest)", &rec.artifact, rec.manifest_size));
-        let files = rec
-            .files
-            .iter()
-            .map(|(n, e)| (n.as_str(), &e.hash, e.size));
+        let files = rec.files.iter().map(|(n, e)| (n.as_str(), &e.hash, e.size));
         for (file, hash, size) in manifest.chain(files) {
             if let Err(problem) = self.blobs.check(hash, size, verify) {
                 out.push(Miss::Blob {

@@ -62,7 +62,8 @@ pub fn with_test_kinds(base: &'static [KindSpec]) -> &'static [KindSpec] {
         all.push(KindSpec {
             name: "toy-eval",
             version: 1,
-            summary: "TEST KIND: scores toy-train models on held-out samples (top1 = sign agreement)",
+            summary:
+                "TEST KIND: scores toy-train models on held-out samples (top1 = sign agreement)",
             refs: &[RefSpec {
                 key: "models",
                 role: "models",
@@ -140,7 +141,9 @@ fn truth(task: u64, dim: usize) -> Vec<f64> {
 }
 
 fn sample(rng: &mut ChaCha8Rng, w_true: &[f64]) -> (Vec<f64>, f64) {
-    let x: Vec<f64> = (0..w_true.len()).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let x: Vec<f64> = (0..w_true.len())
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
     let noise: f64 = rng.gen_range(-0.01..0.01);
     let y = x.iter().zip(w_true).map(|(a, b)| a * b).sum::<f64>() + noise;
     (x, y)
@@ -168,17 +171,26 @@ impl Checkpoint {
 
     fn decode(b: &[u8]) -> Result<Checkpoint> {
         let u64_at = |o: usize| -> Result<u64> {
-            Ok(u64::from_le_bytes(b.get(o..o + 8).context("truncated checkpoint")?.try_into()?))
+            Ok(u64::from_le_bytes(
+                b.get(o..o + 8)
+                    .context("truncated checkpoint")?
+                    .try_into()?,
+            ))
         };
         let epoch = u64_at(0)? as usize;
-        let word_pos = u128::from_le_bytes(b.get(8..24).context("truncated checkpoint")?.try_into()?);
+        let word_pos =
+            u128::from_le_bytes(b.get(8..24).context("truncated checkpoint")?.try_into()?);
         let dim = u64_at(24)? as usize;
         let floats: Vec<f64> = b[32..]
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
         if floats.len() != dim + epoch {
-            bail!("checkpoint holds {} values, expected {}", floats.len(), dim + epoch);
+            bail!(
+                "checkpoint holds {} values, expected {}",
+                floats.len(),
+                dim + epoch
+            );
         }
         Ok(Checkpoint {
             epoch,
@@ -225,8 +237,10 @@ fn run_train(ctx: &RunCtx) -> Result<StageOutput> {
     let mut state = if ckpt_path.exists() {
         let ck = Checkpoint::decode(&fs::read(&ckpt_path)?)
             .with_context(|| format!("reading checkpoint {}", ckpt_path.display()))?;
-        ctx.progress
-            .message(&format!("resuming from epoch checkpoint at epoch {}", ck.epoch));
+        ctx.progress.message(&format!(
+            "resuming from epoch checkpoint at epoch {}",
+            ck.epoch
+        ));
         ck
     } else {
         let w = match ctx.input("from") {
@@ -234,7 +248,11 @@ fn run_train(ctx: &RunCtx) -> Result<StageOutput> {
             Err(_) => vec![0.0; p.dim],
         };
         if w.len() != p.dim {
-            bail!("input model has dim {}, this node has dim {}", w.len(), p.dim);
+            bail!(
+                "input model has dim {}, this node has dim {}",
+                w.len(),
+                p.dim
+            );
         }
         Checkpoint {
             epoch: 0,
@@ -297,7 +315,10 @@ fn blake_like(bytes: &[u8]) -> u64 {
 
 fn run_eval(ctx: &RunCtx) -> Result<StageOutput> {
     let p: EvalParams = ctx.params()?;
-    let models = ctx.inputs.get("models").context("toy-eval needs `models`")?;
+    let models = ctx
+        .inputs
+        .get("models")
+        .context("toy-eval needs `models`")?;
     let mut per_model = Vec::new();
     let (mut top1_sum, mut mse_sum) = (0.0, 0.0);
     for dir in models {
