@@ -115,3 +115,36 @@ fn second_run_on_a_busy_store_waits_or_fails_clearly() {
     assert_eq!(waiter.summary(), (1, 0, 1, 0));
     env.run(&["audit", p, "--verify"]).ok();
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_the_rerun_resumes() {
+    let env = Env::new();
+    let p = env.write("p.toml", SLOW);
+    let p = p.to_str().unwrap();
+    let child = env
+        .cmd(&["run", p])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let resume = env.store.join("resume");
+    wait_for("an epoch checkpoint", Duration::from_secs(60), || {
+        std::fs::read_dir(&resume)
+            .ok()
+            .and_then(|mut d| d.next())
+            .is_some_and(|e| e.is_ok_and(|e| e.path().join("toy.ckpt").exists()))
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = finish(child.wait_with_output().unwrap());
+    assert_eq!(out.code, 130, "{}", out.stderr);
+    assert_eq!(out.summary(), (1, 0, 0, 1));
+    assert!(out.stderr.contains("rerun the same command to resume"), "{}", out.stderr);
+
+    let r = env.run(&["run", p]).ok();
+    assert_eq!(r.summary(), (1, 1, 0, 0));
+    assert!(env.run(&["log", "train"]).ok().stdout.contains("resuming from epoch checkpoint"));
+}
