@@ -111,8 +111,16 @@ pub fn needed(plan: &Plan, selection: &[usize]) -> Vec<bool> {
     mask
 }
 
+/// A node whose key is known and that must be built, waiting for a free job slot.
+struct Ready {
+    key: Key,
+    inputs: BTreeMap<String, Vec<InputRef>>,
+    forced: bool,
+}
+
 enum State {
     Waiting,
+    Ready(Box<Ready>),
     Running,
     Done { record: Box<Record>, ran: bool },
     Failed,
@@ -145,105 +153,42 @@ pub fn run(
         while progressed {
             progressed = false;
             for i in 0..plan.nodes.len() {
-                if !need[i] || !matches!(states[i], State::Waiting) {
+                if !need[i] {
                     continue;
                 }
-                let node = &plan.nodes[i];
-                // Any input failed or blocked → blocked; any input not done yet → wait.
-                let mut blocked_by = None;
-                let mut ready = true;
-                for &j in node.inputs.values().flatten() {
-                    match &states[j] {
-                        State::Failed => {
-                            blocked_by = Some(format!("input {} failed", plan.nodes[j].name))
-                        }
-                        // An unselected, unbuilt input: pass its reason on, it names the input.
-                        State::Blocked(why) if !selected[j] => blocked_by = Some(why.clone()),
-                        State::Blocked(_) => {
-                            blocked_by = Some(format!("input {} is blocked", plan.nodes[j].name))
-                        }
-                        State::Done { .. } => {}
-                        _ => ready = false,
-                    }
-                }
-                if let Some(why) = blocked_by {
-                    if selected[i] {
-                        tracing::warn!("{} blocked: {why}", node.name);
-                    }
-                    states[i] = State::Blocked(why);
-                    progressed = true;
-                    continue;
-                }
-                if !ready || CANCEL.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let inputs = input_refs(plan.as_ref(), i, &states);
-                let hashes = inputs
-                    .iter()
-                    .map(|(r, v)| (r.clone(), v.iter().map(|x| x.artifact.clone()).collect()))
-                    .collect();
-                let key = match node_key(&store, node, &hashes) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tracing::error!("{} failed: {e:#}", node.name);
-                        states[i] = State::Failed;
-                        progressed = true;
+                if matches!(states[i], State::Ready(_)) {
+                    if running >= jobs || CANCEL.load(Ordering::Relaxed) {
                         continue;
                     }
-                };
-                let forced = selected[i] && matches_any(node, &opts.force);
-                if !forced {
-                    match store.lookup(&key.hex, opts.verify)? {
-                        Ok(record) => {
-                            tracing::debug!(
-                                "{}: cached ({})",
-                                node.name,
-                                crate::key::short(&key.hex)
-                            );
-                            states[i] = State::Done {
-                                record: Box::new(record),
-                                ran: false,
-                            };
-                            progressed = true;
-                            continue;
-                        }
-                        Err(Miss::NoRecord) => {}
-                        Err(miss @ Miss::Blob { .. }) => {
-                            tracing::warn!("{}: {miss}; rebuilding", node.name);
-                            if let Miss::Blob {
-                                hash,
-                                problem: crate::store::BlobProblem::Corrupt { .. },
-                                ..
-                            } = &miss
-                            {
-                                let moved = store.quarantine(hash)?;
-                                tracing::warn!("moved damaged blob to {}", moved.display());
-                            }
-                        }
-                    }
-                }
-                if !selected[i] {
-                    states[i] = State::Blocked(format!(
-                        "{} is not built and not selected (add it to --only or use --until)",
-                        node.name
-                    ));
+                    let State::Ready(ready) = std::mem::replace(&mut states[i], State::Running)
+                    else {
+                        unreachable!()
+                    };
+                    running += 1;
                     progressed = true;
+                    let (store, plan, tx) = (store.clone(), plan.clone(), tx.clone());
+                    std::thread::Builder::new()
+                        .name(format!("node-{i}"))
+                        .spawn(move || {
+                            let Ready {
+                                key,
+                                inputs,
+                                forced,
+                            } = *ready;
+                            let result = build_node(&store, &plan, i, &key, inputs, forced);
+                            let _ = tx.send((i, result));
+                        })
+                        .context("spawning a worker thread")?;
                     continue;
                 }
-                if running >= jobs {
+                if !matches!(states[i], State::Waiting) {
                     continue;
                 }
-                states[i] = State::Running;
-                running += 1;
-                progressed = true;
-                let (store, plan, tx) = (store.clone(), plan.clone(), tx.clone());
-                std::thread::Builder::new()
-                    .name(format!("node-{i}"))
-                    .spawn(move || {
-                        let result = build_node(&store, &plan, i, &key, inputs, forced);
-                        let _ = tx.send((i, result));
-                    })
-                    .context("spawning a worker thread")?;
+                let next = assess(&store, plan.as_ref(), i, &states, &selected, opts)?;
+                if !matches!(next, State::Waiting) {
+                    states[i] = next;
+                    progressed = true;
+                }
             }
         }
         if running == 0 {
@@ -297,13 +242,92 @@ pub fn run(
                 eprintln!("blocked: {} ({why})", plan.nodes[i].name);
             }
             // Left waiting only after Ctrl-C.
-            State::Waiting | State::Running => summary.interrupted = true,
+            State::Waiting | State::Ready(_) | State::Running => summary.interrupted = true,
         }
     }
     if CANCEL.load(Ordering::Relaxed) {
         summary.interrupted = true;
     }
     Ok(summary)
+}
+
+/// The next state of a waiting node: still waiting (inputs not done), blocked, failed (no key),
+/// done (cache hit) or ready to build.
+fn assess(
+    store: &Store,
+    plan: &Plan,
+    i: usize,
+    states: &[State],
+    selected: &[bool],
+    opts: &RunOptions,
+) -> Result<State> {
+    let node = &plan.nodes[i];
+    // Any input failed or blocked → blocked; any input not done yet → wait.
+    for &j in node.inputs.values().flatten() {
+        let why = match &states[j] {
+            State::Done { .. } => continue,
+            State::Failed => format!("input {} failed", plan.nodes[j].name),
+            // An unselected, unbuilt input: pass its reason on, it names the input.
+            State::Blocked(why) if !selected[j] => why.clone(),
+            State::Blocked(_) => format!("input {} is blocked", plan.nodes[j].name),
+            _ => return Ok(State::Waiting),
+        };
+        if selected[i] {
+            tracing::warn!("{} blocked: {why}", node.name);
+        }
+        return Ok(State::Blocked(why));
+    }
+    if CANCEL.load(Ordering::Relaxed) {
+        return Ok(State::Waiting);
+    }
+    let inputs = input_refs(plan, i, states);
+    let hashes = inputs
+        .iter()
+        .map(|(r, v)| (r.clone(), v.iter().map(|x| x.artifact.clone()).collect()))
+        .collect();
+    let key = match node_key(store, node, &hashes) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!("{} failed: {e:#}", node.name);
+            return Ok(State::Failed);
+        }
+    };
+    let forced = selected[i] && matches_any(node, &opts.force);
+    if !forced {
+        match store.lookup(&key.hex, opts.verify)? {
+            Ok(record) => {
+                tracing::debug!("{}: cached ({})", node.name, crate::key::short(&key.hex));
+                return Ok(State::Done {
+                    record: Box::new(record),
+                    ran: false,
+                });
+            }
+            Err(Miss::NoRecord) => {}
+            Err(miss @ Miss::Blob { .. }) => {
+                tracing::warn!("{}: {miss}; rebuilding", node.name);
+                if let Miss::Blob {
+                    hash,
+                    problem: crate::store::BlobProblem::Corrupt { .. },
+                    ..
+                } = &miss
+                {
+                    let moved = store.quarantine(hash)?;
+                    tracing::warn!("moved damaged blob to {}", moved.display());
+                }
+            }
+        }
+    }
+    if !selected[i] {
+        return Ok(State::Blocked(format!(
+            "{} is not built and not selected (add it to --only or use --until)",
+            node.name
+        )));
+    }
+    Ok(State::Ready(Box::new(Ready {
+        key,
+        inputs,
+        forced,
+    })))
 }
 
 /// The artifacts a ready node reads, by role, from its inputs' records.

@@ -142,9 +142,17 @@ fn ctrl_c_stops_cleanly_and_the_rerun_resumes() {
     let out = finish(child.wait_with_output().unwrap());
     assert_eq!(out.code, 130, "{}", out.stderr);
     assert_eq!(out.summary(), (1, 0, 0, 1));
-    assert!(out.stderr.contains("rerun the same command to resume"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("rerun the same command to resume"),
+        "{}",
+        out.stderr
+    );
 
     let r = env.run(&["run", p]).ok();
     assert_eq!(r.summary(), (1, 1, 0, 0));
-    assert!(env.run(&["log", "train"]).ok().stdout.contains("resuming from epoch checkpoint"));
+    assert!(env
+        .run(&["log", "train"])
+        .ok()
+        .stdout
+        .contains("resuming from epoch checkpoint"));
 }
