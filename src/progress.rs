@@ -39,13 +39,14 @@ pub struct NodeProgress {
 
 impl NodeProgress {
     pub fn new(node: &str, log: NodeLog) -> NodeProgress {
+        // A spinner until the stage says it trains (`begin`), then a bar with an ETA.
         let bar = bars().add(ProgressBar::new_spinner());
         bar.set_style(
-            ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:.bold} {spinner} {msg} {elapsed}")
+                .expect("valid template"),
         );
         bar.set_prefix(node.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
         NodeProgress {
             node: node.to_string(),
             bar,
