@@ -248,6 +248,8 @@ pub fn run(
     if CANCEL.load(Ordering::Relaxed) {
         summary.interrupted = true;
     }
+    // Workers may still hold the store while the process exits; make memo entries durable now.
+    store.index.flush()?;
     Ok(summary)
 }
 

@@ -116,8 +116,10 @@ impl Index {
         }
     }
 
+    /// Durable at once (flushed): the log of a run that crashes or fails must stay findable.
     pub fn note_attempt(&self, node: &str, key: &str) -> Result<()> {
         self.attempts.insert(node.as_bytes(), key.as_bytes())?;
+        self.db.flush()?;
         Ok(())
     }
 
