@@ -3,3 +3,16 @@
 pub mod graph;
 pub mod pipeline;
 pub mod plan;
+
+pub mod audit;
+pub mod cli;
+pub mod exec;
+pub mod explain;
+pub mod gc;
+pub mod key;
+pub mod logging;
+pub mod progress;
+pub mod report;
+pub mod show;
+pub mod store;
+pub mod timefmt;

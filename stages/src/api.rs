@@ -154,6 +154,9 @@ pub fn resolve_typed<P: DeserializeOwned + Serialize>(
 
 /// Every stage kind, in a stable order.
 pub fn registry() -> &'static [KindSpec] {
+    if crate::kinds::toy::enabled() {
+        return crate::kinds::toy::with_test_kinds(crate::kinds::REGISTRY);
+    }
     crate::kinds::REGISTRY
 }
 

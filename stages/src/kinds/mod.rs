@@ -3,6 +3,7 @@
 pub mod dataset;
 pub mod eval;
 pub mod split;
+pub mod toy;
 
 use crate::api::KindSpec;
 

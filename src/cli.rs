@@ -1,0 +1,319 @@
+//! Command-line interface: argument parsing (clap derive) and one small function per verb.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::plan::Plan;
+use crate::store::{Store, WaitPolicy};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "semiflow",
+    version,
+    about = "SimCLRv2 semi-supervised learning as a cached, resumable pipeline"
+)]
+pub struct Cli {
+    /// Store directory (default: $SEMIFLOW_STORE, else ./artifacts).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Fail at once if another process holds the store instead of waiting.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (warnings and errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: build what is not cached, in dependency order.
+    Run {
+        file: PathBuf,
+        /// Override a parameter: `node.key=value` (recorded in provenance).
+        #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
+        set: Vec<String>,
+        /// Run only these nodes (their inputs must be cached).
+        #[arg(long, value_name = "NODE")]
+        only: Vec<String>,
+        /// Run this node and everything it depends on.
+        #[arg(long, value_name = "NODE")]
+        until: Option<String>,
+        /// Rebuild these nodes even when cached.
+        #[arg(long, value_name = "NODE")]
+        force: Vec<String>,
+        /// Say what would run and why, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Nodes to run at once.
+        #[arg(long, short = 'j', default_value_t = 1)]
+        jobs: usize,
+        /// Re-hash every cached blob before trusting it.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Check a pipeline file without running anything.
+    Validate {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Every node's key and state, and why it would run.
+    Status {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the pipeline's DAG.
+    Dag {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+        format: DagFormat,
+    },
+    /// Show the provenance record of a node (latest) or key.
+    Show {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the log of a node's latest run.
+    Log { target: String },
+    /// Verify the pipeline's blobs and optionally re-execute nodes to check reproducibility.
+    Audit {
+        file: PathBuf,
+        /// Re-hash every blob (otherwise presence and size only).
+        #[arg(long)]
+        verify: bool,
+        /// Re-execute this node in a scratch dir and compare outputs.
+        #[arg(long, value_name = "NODE")]
+        rerun: Vec<String>,
+        /// Accept a rerun whose metrics are within this absolute tolerance.
+        #[arg(long, value_name = "X")]
+        tolerance: Option<f64>,
+    },
+    /// Remove blobs, checkpoints and temp files that no record needs.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write a Markdown metrics table and SVG plots.
+    Report {
+        file: PathBuf,
+        /// Output directory (default: <store>/report).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// List the stage kinds.
+    Kinds,
+}
+
+/// The pipeline front end: the only place the CLI turns a file into a plan.
+mod frontend {
+    use super::*;
+
+    pub fn load(file: &Path, overrides: &[String]) -> Result<Plan> {
+        crate::pipeline::load(file, overrides).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    pub fn select(plan: &Plan, only: &[String], until: Option<&str>) -> Result<Vec<usize>> {
+        crate::graph::select(plan, only, until)
+    }
+
+    pub fn render(plan: &Plan, format: DagFormat) -> String {
+        let f = match format {
+            DagFormat::Text => crate::graph::Format::Text,
+            DagFormat::Dot => crate::graph::Format::Dot,
+            DagFormat::Mermaid => crate::graph::Format::Mermaid,
+        };
+        crate::graph::render(plan, f)
+    }
+}
+
+/// Parse arguments, run the verb, return the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    crate::logging::init(cli.verbose as i8 - cli.quiet as i8);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn open_store(cli_store: Option<&Path>, no_wait: bool) -> Result<Store> {
+    let root = Store::locate(cli_store);
+    Store::open(
+        &root,
+        if no_wait {
+            WaitPolicy::Fail
+        } else {
+            WaitPolicy::Wait
+        },
+    )
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let store_flag = cli.store.clone();
+    let store = || open_store(store_flag.as_deref(), cli.no_wait);
+    match cli.command {
+        Command::Run {
+            file,
+            set,
+            only,
+            until,
+            force,
+            dry_run,
+            jobs,
+            verify,
+        } => {
+            let plan = frontend::load(&file, &set)?;
+            let selection = frontend::select(&plan, &only, until.as_deref())?;
+            for f in &force {
+                if !plan.nodes.iter().any(|n| n.name == *f || n.base == *f) {
+                    bail!("--force {f}: no such node in {}", file.display());
+                }
+            }
+            let store = store()?;
+            if dry_run {
+                let rows = crate::explain::status(&store, &plan, &selection, &force)?;
+                crate::explain::print_text(&rows, true);
+                return Ok(0);
+            }
+            install_ctrlc();
+            let opts = crate::exec::RunOptions {
+                jobs,
+                force,
+                verify,
+            };
+            let summary = crate::exec::run(Arc::new(store), Arc::new(plan), &selection, &opts)?;
+            crate::exec::print_eval_table(&summary.records);
+            println!("{}", summary.line());
+            if summary.interrupted {
+                eprintln!(
+                    "interrupted: rerun the same command to resume; training nodes continue from their last epoch checkpoint"
+                );
+                return Ok(130);
+            }
+            Ok(if summary.failed + summary.blocked == 0 {
+                0
+            } else {
+                1
+            })
+        }
+        Command::Validate { file, set } => {
+            let plan = frontend::load(&file, &set)?;
+            for n in &plan.nodes {
+                crate::exec::kind_spec(&n.kind).with_context(|| format!("node {}", n.name))?;
+            }
+            println!("{}: ok ({} nodes)", file.display(), plan.nodes.len());
+            Ok(0)
+        }
+        Command::Status { file, set, json } => {
+            let plan = frontend::load(&file, &set)?;
+            let all: Vec<usize> = (0..plan.nodes.len()).collect();
+            let rows = crate::explain::status(&store()?, &plan, &all, &[])?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                crate::explain::print_text(&rows, false);
+            }
+            Ok(0)
+        }
+        Command::Dag { file, format } => {
+            let plan = frontend::load(&file, &[])?;
+            print!("{}", frontend::render(&plan, format));
+            Ok(0)
+        }
+        Command::Show { target, json } => {
+            let rec = crate::show::find(&store()?, &target)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+            } else {
+                crate::show::print(&rec);
+            }
+            Ok(0)
+        }
+        Command::Log { target } => {
+            let path = crate::show::log_path(&store()?, &target)?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Audit {
+            file,
+            verify,
+            rerun,
+            tolerance,
+        } => {
+            let plan = frontend::load(&file, &[])?;
+            let opts = crate::audit::AuditOptions {
+                verify,
+                rerun,
+                tolerance,
+            };
+            let ok = crate::audit::audit(&store()?, &plan, &opts)?;
+            println!("audit: {}", if ok { "pass" } else { "FAIL" });
+            Ok(if ok { 0 } else { 1 })
+        }
+        Command::Gc { dry_run } => {
+            let r = crate::gc::gc(&store()?, dry_run)?;
+            println!(
+                "gc: {} {} files, {} bytes{}",
+                if dry_run { "would free" } else { "freed" },
+                r.files,
+                r.bytes,
+                if dry_run { " (dry run)" } else { "" }
+            );
+            Ok(0)
+        }
+        Command::Report { file, out } => {
+            let plan = frontend::load(&file, &[])?;
+            let store = store()?;
+            let out = out.unwrap_or_else(|| store.root.join("report"));
+            for f in crate::report::report(&store, &plan, &out)? {
+                println!("{}", out.join(f).display());
+            }
+            Ok(0)
+        }
+        Command::Kinds => {
+            let reg = semiflow_stages::api::registry();
+            let w = reg.iter().map(|k| k.name.len()).max().unwrap_or(0);
+            for k in reg {
+                println!("{:<w$}  v{:<3} {}", k.name, k.version, k.summary);
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// First Ctrl-C: stages stop at their next step and the run ends cleanly (resumable).
+/// Second Ctrl-C: exit at once (epoch checkpoints already on disk stay valid).
+fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        use std::sync::atomic::Ordering;
+        if crate::exec::CANCEL.swap(true, Ordering::SeqCst) {
+            eprintln!("semiflow: aborted");
+            std::process::exit(130);
+        }
+        eprintln!("semiflow: stopping at the next step (Ctrl-C again to abort now)");
+    });
+}
