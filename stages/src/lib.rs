@@ -5,9 +5,11 @@
 //! (typed params with defaults, input artifact dirs, output dir, resume dir, progress) → files + metrics.
 
 pub mod api;
+pub mod augment;
 pub mod data;
 pub mod kernels;
 pub mod kinds;
+pub mod knn;
 pub mod loss;
 pub mod memory;
 pub mod model;
