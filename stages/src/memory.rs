@@ -11,6 +11,72 @@ use anyhow::Context as _;
 use candle_core::{DType, Device, Tensor};
 
 use crate::loss::l2_normalize;
+use crate::model::Network;
+
+/// The memory of a pretraining run: the EMA network and the queue its projections fill.
+pub struct Memory {
+    pub queue: Queue,
+    /// Encoder + full projection head, θ_ema ← m·θ_ema + (1−m)·θ after every step.
+    pub ema: Network,
+    pub momentum: f64,
+}
+
+impl Memory {
+    /// A memory of `size` entries whose EMA network starts as a copy of `net`.
+    pub fn new(net: &Network, size: usize, momentum: f64) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&momentum),
+            "memory.momentum must be in [0, 1], got {momentum}"
+        );
+        anyhow::ensure!(
+            net.has_projection(),
+            "the memory needs a network with its full projection head"
+        );
+        Ok(Memory {
+            queue: Queue::new(size, net.arch().proj_dim, net.device())?,
+            ema: net.deep_clone()?,
+            momentum,
+        })
+    }
+
+    /// Negatives for this step's loss (`None` until the first enqueue).
+    pub fn negatives(&self) -> anyhow::Result<Option<Tensor>> {
+        self.queue.negatives()
+    }
+
+    /// After the optimizer step: move the EMA network towards `net`, then enqueue its projections
+    /// of `x` (the batch's views stacked). The EMA forward uses batch statistics, as MoCo's key
+    /// encoder does, and its result is detached.
+    pub fn after_step(&mut self, net: &Network, x: &Tensor) -> anyhow::Result<()> {
+        self.ema.ema_update(net, self.momentum)?;
+        let keys = self.ema.project(x, true)?.detach();
+        self.queue.enqueue(&keys)
+    }
+
+    /// Checkpoint tensors: queue (`queue`, `queue_ptr_len`) and EMA network (`ema.*`).
+    pub fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+        let mut out = self.queue.state("")?;
+        out.extend(
+            self.ema
+                .state_tensors()
+                .into_iter()
+                .map(|(n, t)| (format!("ema.{n}"), t)),
+        );
+        Ok(out)
+    }
+
+    pub fn load_state(&mut self, state: &[(String, Tensor)]) -> anyhow::Result<()> {
+        self.queue.load_state("", state)?;
+        let ema: Vec<(String, Tensor)> = state
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix("ema.").map(|s| (s.to_string(), t.clone())))
+            .collect();
+        self.ema
+            .load_state(&ema)
+            .context("restoring the memory's EMA network")
+    }
+}
+
 /// A fixed-capacity ring buffer of projection vectors.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -52,7 +118,11 @@ impl Queue {
         let (_, qd) = self.entries.dims2()?;
         anyhow::ensure!(d == qd, "memory queue holds dim {qd}, got keys of dim {d}");
         let keys = l2_normalize(&keys.detach().to_dtype(DType::F32)?)?;
-        let keys = if b > k { keys.narrow(0, b - k, k)? } else { keys };
+        let keys = if b > k {
+            keys.narrow(0, b - k, k)?
+        } else {
+            keys
+        };
         let b = keys.dim(0)?;
         // Split the write at the end of the ring.
         let first = b.min(k - self.ptr);

@@ -13,15 +13,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// A trainable parameter as the models expose it. Identical to `model::Param`; replaced by a
-/// re-export of it once the model module lands.
-#[derive(Debug, Clone)]
-pub struct Param {
-    pub name: String,
-    pub var: candle_core::Var,
-    /// BatchNorm γ/β and biases: no weight decay, no LARS trust ratio.
-    pub exclude_from_decay: bool,
-}
+pub use crate::model::Param;
 
 /// Updates parameters in place from their gradients.
 pub trait Optimizer {
