@@ -61,7 +61,7 @@ pub(crate) fn contrastive_logits(
             z2.shape()
         );
     }
-    if !(temperature > 0.0) {
+    if temperature.is_nan() || temperature <= 0.0 {
         candle_core::bail!("nt_xent: temperature must be positive, got {temperature}");
     }
     let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
@@ -108,7 +108,7 @@ pub fn soft_cross_entropy(
     teacher_logits: &Tensor,
     temperature: f64,
 ) -> Result<Tensor> {
-    if !(temperature > 0.0) {
+    if temperature.is_nan() || temperature <= 0.0 {
         candle_core::bail!("soft_cross_entropy: temperature must be positive, got {temperature}");
     }
     if student_logits.dims() != teacher_logits.dims() {

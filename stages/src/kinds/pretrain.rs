@@ -336,7 +336,8 @@ mod tests {
             files(&split.out).is_empty(),
             "an interrupted run writes no output"
         );
-        let (state, tensors) = load_checkpoint(&split.resume).unwrap().unwrap();
+        let super::super::train::Checkpoint { state, tensors } =
+            load_checkpoint(&split.resume).unwrap().unwrap();
         assert_eq!(state.epoch, 2);
         assert!(tensors.iter().any(|(n, _)| n == "mem.queue"));
         assert!(tensors.iter().any(|(n, _)| n.starts_with("mem.ema.")));
