@@ -56,13 +56,19 @@ pub fn build(
 /// no Nesterov): for a regular parameter
 ///   g' = g + wd·w;  trust = η·‖w‖/‖g'‖ (1 if either norm is 0);  v = m·v + lr·trust·g';  w -= v.
 /// Parameters with `exclude_from_decay` (BatchNorm γ/β, biases) get neither weight decay nor
-/// trust-ratio adaptation: v = m·v + lr·g.
+/// trust-ratio adaptation: v = m·v + lr·g. Parameters under a prefix in `no_adaptation` keep
+/// weight decay but skip the trust ratio.
 #[derive(Debug)]
 pub struct Lars {
     pub momentum: f64,
     /// Trust coefficient η.
     pub eta: f64,
     pub weight_decay: f64,
+    /// Name prefixes updated without trust-ratio adaptation. By default the classifier
+    /// (`classifier.`), as the reference does for `head_supervised` (tf2/model.py
+    /// `build_optimizer`, which re-adds its weight decay as an L2 loss): the zero-initialized
+    /// classifier's trust ratio η·‖w‖/‖g‖ would otherwise shrink its steps to almost nothing.
+    pub no_adaptation: Vec<String>,
     buffers: Buffers,
 }
 
@@ -74,6 +80,7 @@ impl Lars {
             momentum,
             eta: Self::DEFAULT_ETA,
             weight_decay,
+            no_adaptation: vec!["classifier.".to_string()],
             buffers: Buffers::default(),
         }
     }
@@ -169,7 +176,9 @@ impl Optimizer for Lars {
                 } else {
                     self.weight_decay as f32
                 },
-                trust_eta: (!p.exclude_from_decay).then_some(self.eta),
+                trust_eta: (!p.exclude_from_decay
+                    && !self.no_adaptation.iter().any(|pre| p.name.starts_with(pre)))
+                .then_some(self.eta),
                 lr_in_momentum: true,
                 nesterov: false,
             };
@@ -535,6 +544,16 @@ mod tests {
         close(&values(&p[0]), &[0.9031, -2.0912]);
     }
 
+    /// The classifier keeps weight decay but skips the trust ratio: w = (1, 2), g = (0.5, 0),
+    /// wd = 0.1, lr = 0.2: g' = (0.6, 0.2), v = 0.2·g' = (0.12, 0.04), w = (0.88, 1.96).
+    #[test]
+    fn classifier_skips_adaptation_but_keeps_decay() {
+        let p = vec![param("classifier.weight", &[1.0, 2.0], false)];
+        let mut opt = Lars::new(0.9, 0.1);
+        opt.step(&p, &grads_for(&p, &[&[0.5, 0.0]]), 0.2).unwrap();
+        close(&values(&p[0]), &[0.88, 1.96]);
+    }
+
     #[test]
     fn zero_weights_get_trust_one_and_missing_grads_are_skipped() {
         let params = vec![
@@ -672,5 +691,48 @@ mod tests {
     fn lr_scaling() {
         assert!((Scaling::Linear.scale(0.3, 512) - 0.6).abs() < 1e-12);
         assert!((Scaling::Sqrt.scale(0.075, 4096) - 4.8).abs() < 1e-12);
+    }
+}
+
+/// Timing probe for the hot path: `cargo test --release -p semiflow-stages --lib optim_speed --
+/// --ignored --nocapture`.
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn optim_speed_resnet18() {
+        let net = crate::model::Network::new_pretrain(
+            &crate::model::ModelCfg::default(),
+            32,
+            3,
+            &Device::Cpu,
+            0,
+        )
+        .unwrap();
+        let params = net.trainable();
+        let mut grads = GradStore::default();
+        let mut n = 0;
+        for p in &params {
+            n += p.var.elem_count();
+            grads.insert(p.var.as_tensor(), (p.var.as_tensor() * 0.01).unwrap());
+        }
+        for (name, mut opt) in [
+            ("lars", Box::new(Lars::new(0.9, 1e-6)) as Box<dyn Optimizer>),
+            ("sgd", Box::new(Sgd::new(0.9, 5e-4, true))),
+        ] {
+            opt.step(&params, &grads, 0.1).unwrap();
+            let t = std::time::Instant::now();
+            let reps = 5;
+            for _ in 0..reps {
+                opt.step(&params, &grads, 0.1).unwrap();
+            }
+            let ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
+            println!(
+                "{name}: {n} parameters in {} tensors, {ms:.1} ms per step",
+                params.len()
+            );
+        }
     }
 }

@@ -90,20 +90,11 @@ pub fn loop_spec(kind: &'static str, s: Schedule, n: usize) -> anyhow::Result<(L
     Ok((spec, batch))
 }
 
-/// The parameters an optimizer updates. The classifier is excluded from weight decay and LARS
-/// trust-ratio adaptation like BatchNorm and biases, as the reference excludes `head_supervised`
-/// (tf2/model.py `build_optimizer`): a zero-initialized layer's trust ratio would otherwise pin
-/// its updates to η·‖w‖ ≈ 0 after the first step.
+/// The parameters an optimizer updates: all of the network's trainables (BatchNorm γ/β and
+/// biases flagged `exclude_from_decay`; LARS also skips the classifier's trust ratio, see
+/// [`crate::optim::Lars::no_adaptation`]).
 pub fn optimizer_params(net: &Network) -> Vec<Param> {
     net.trainable()
-        .into_iter()
-        .map(|mut p| {
-            if p.name.starts_with("classifier.") {
-                p.exclude_from_decay = true;
-            }
-            p
-        })
-        .collect()
 }
 
 /// `model.`/`opt.` names for the state of a network and its optimizer.
