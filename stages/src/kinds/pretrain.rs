@@ -384,3 +384,46 @@ mod tests {
         );
     }
 }
+
+/// End-to-end throughput probe on the committed CIFAR-10 subset: `cargo test --release -p
+/// semiflow-stages --lib pretrain_speed -- --ignored --nocapture` (set RAYON_NUM_THREADS).
+#[cfg(test)]
+mod speed {
+    use super::super::train::testutil::Run;
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn pretrain_speed_small_resnet() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/cifar10-tiny");
+        let ds = crate::data::image_folder::read(&root, "train", "test").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        ds.save(&data).unwrap();
+        for memory in [0, 1024] {
+            let r = Run {
+                kind: &SPEC,
+                params: serde_json::json!({
+                    "model": { "depth": 18, "width": 0.25 }, "epochs": 1, "batch_size": 64,
+                    "memory": { "size": memory },
+                }),
+                inputs: vec![("data", data.clone())],
+                out: tmp.path().join(format!("out{memory}")),
+                resume: tmp.path().join(format!("resume{memory}")),
+                seed: 0,
+                checkpoint_every: 0,
+            };
+            let t = std::time::Instant::now();
+            let out = r.run().unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let views = 128.0 * out.details["steps_per_epoch"].as_u64().unwrap() as f64;
+            println!(
+                "memory {memory}: {views} views in {secs:.2} s = {:.0} views/s (incl. setup); loss {:.3}",
+                views / secs,
+                out.metrics["loss"]
+            );
+        }
+    }
+}
