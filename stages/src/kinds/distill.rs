@@ -1,0 +1,393 @@
+//! `distill`: SimCLRv2 distillation. A frozen teacher (eval mode, no autograd graph) labels every
+//! train image; a randomly initialized student learns to match softmax(teacher/τ) with the soft
+//! cross-entropy (scaled by τ²), optionally mixed with cross-entropy on the labeled examples of
+//! each batch: loss = (1−α)·distill + α·CE. Crop+flip augmentation; teacher and student see the
+//! same crop.
+//!
+//! Inputs: `teacher` (a finetune, distill or supervised node), `data`, optional `labels` (a split
+//! node; needed when `alpha` > 0). Output: the student checkpoint. Metrics: final `loss` and
+//! `agreement` (fraction of images where student and teacher predict the same class); series.
+//!
+//! The student's architecture defaults to the teacher's (self-distillation, which SimCLRv2 shows
+//! still helps); give `model` for a smaller student.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::train::{self, Schedule, StepLoss, Trainer};
+use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
+use crate::augment::AugmentCfg;
+use crate::data::loader::{augment_batch, epoch_order};
+use crate::loss::{cross_entropy, soft_cross_entropy};
+use crate::model::{ModelCfg, Network};
+use crate::optim::{self, Optimizer, OptimizerKind, Param, Scaling};
+
+pub const SPEC: KindSpec = KindSpec {
+    name: "distill",
+    version: 1,
+    summary: "distill a frozen teacher into a random-init student on all (unlabeled) train images",
+    refs: &[
+        RefSpec {
+            key: "teacher",
+            role: "teacher",
+            target: RefTarget::Node(&["finetune", "distill", "supervised"]),
+            many: false,
+            required: true,
+        },
+        RefSpec {
+            key: "data",
+            role: "data",
+            target: RefTarget::Dataset,
+            many: false,
+            required: true,
+        },
+        RefSpec {
+            key: "labels",
+            role: "labels",
+            target: RefTarget::Node(&["split"]),
+            many: false,
+            required: false,
+        },
+    ],
+    trains: true,
+    resolve_params: resolve,
+    run,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    /// Student architecture; `None` = the teacher's.
+    pub model: Option<ModelCfg>,
+    /// Student's classifier head layer; `None` = the teacher's.
+    pub head_layer: Option<usize>,
+    /// Distillation temperature τ.
+    pub temperature: f64,
+    /// Weight of the labeled cross-entropy (requires `labels`).
+    pub alpha: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub lr_scaling: Scaling,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub warmup_epochs: f64,
+    pub nesterov: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            model: None,
+            head_layer: None,
+            temperature: 1.0,
+            alpha: 0.0,
+            epochs: 30,
+            batch_size: 128,
+            optimizer: OptimizerKind::Lars,
+            lr: 1.0,
+            lr_scaling: Scaling::Linear,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            warmup_epochs: 1.0,
+            nesterov: false,
+        }
+    }
+}
+
+impl Params {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            lr_scaling: self.lr_scaling,
+            warmup_epochs: self.warmup_epochs,
+        }
+    }
+}
+
+fn check(p: &Params) -> Result<(), ParamError> {
+    let err = |path: &str, message: String| ParamError {
+        path: path.into(),
+        message,
+    };
+    if let Some(m) = &p.model {
+        train::check_model(m)?;
+        if let Some(h) = p.head_layer {
+            if h > m.head_layers {
+                return Err(err(
+                    "head_layer",
+                    format!("must be at most model.head_layers = {}", m.head_layers),
+                ));
+            }
+        }
+    }
+    train::check_schedule(&p.schedule(), p.momentum)?;
+    if !(p.temperature > 0.0 && p.temperature.is_finite()) {
+        return Err(err(
+            "temperature",
+            format!("must be positive, got {}", p.temperature),
+        ));
+    }
+    if !(0.0..=1.0).contains(&p.alpha) {
+        return Err(err("alpha", format!("must be in [0, 1], got {}", p.alpha)));
+    }
+    if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
+        return Err(err(
+            "weight_decay",
+            format!("must be ≥ 0, got {}", p.weight_decay),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
+    train::resolve_checked::<Params>(raw, check)
+}
+
+/// One step's input.
+struct Batch {
+    x: Tensor,
+    /// Rows of `x` whose image is in the labeled split, and their labels.
+    labeled_rows: Option<(Tensor, Tensor)>,
+}
+
+struct Distiller {
+    teacher: Network,
+    student: Network,
+    params: Vec<Param>,
+    opt: Box<dyn Optimizer + Send>,
+    temperature: f64,
+    alpha: f64,
+}
+
+impl Trainer for Distiller {
+    type Batch = Batch;
+
+    fn forward(&mut self, b: Batch) -> anyhow::Result<StepLoss> {
+        let images = b.x.dim(0)?;
+        // Eval mode: running BN statistics, detached weights, no graph.
+        let teacher = self.teacher.logits(&b.x, false)?.detach();
+        let student = self.student.logits(&b.x, true)?;
+        let mut loss = soft_cross_entropy(&student, &teacher, self.temperature)?;
+        if self.alpha > 0.0 {
+            loss = (loss * (1.0 - self.alpha))?;
+            if let Some((rows, labels)) = &b.labeled_rows {
+                let ce = cross_entropy(&student.index_select(rows, 0)?, labels)?;
+                loss = (loss + (ce * self.alpha)?)?;
+            }
+        }
+        let s_pred = student.detach().argmax(1)?.to_vec1::<u32>()?;
+        let t_pred = teacher.argmax(1)?.to_vec1::<u32>()?;
+        let agree =
+            s_pred.iter().zip(&t_pred).filter(|(a, b)| a == b).count() as f64 / images as f64;
+        Ok(StepLoss {
+            loss,
+            metrics: vec![("agreement", agree)],
+            images,
+        })
+    }
+
+    fn update(&mut self, loss: &Tensor, lr: f64) -> anyhow::Result<()> {
+        let grads = loss.backward()?;
+        self.opt.step(&self.params, &grads, lr)
+    }
+
+    fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+        Ok(train::net_and_opt_state(&self.student, self.opt.as_ref()))
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> anyhow::Result<()> {
+        train::load_net_and_opt(&self.student, self.opt.as_mut(), state)
+    }
+}
+
+fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
+    let p: Params = ctx.params()?;
+    let device = train::device()?;
+    let ds = train::load_dataset(ctx, "data")?;
+    let teacher_dir = ctx.input("teacher")?;
+    let teacher = Network::load(teacher_dir, &device)?;
+    let (Some(num_classes), Some(teacher_head)) = (teacher.num_classes(), teacher.head_layer())
+    else {
+        anyhow::bail!(
+            "teacher {} is not a classifier checkpoint",
+            teacher_dir.display()
+        );
+    };
+    anyhow::ensure!(
+        num_classes == ds.classes.len() && teacher.image_size() == ds.train.h && teacher.in_channels() == ds.train.c,
+        "teacher {} ({} classes, {}×{}×{} inputs) does not match the dataset ({} classes, {}×{}×{})",
+        teacher_dir.display(),
+        num_classes,
+        teacher.image_size(),
+        teacher.image_size(),
+        teacher.in_channels(),
+        ds.classes.len(),
+        ds.train.h,
+        ds.train.w,
+        ds.train.c
+    );
+    let has_labels = ctx.inputs.get("labels").is_some_and(|v| !v.is_empty());
+    anyhow::ensure!(
+        p.alpha == 0.0 || has_labels,
+        "alpha = {} weighs a labeled cross-entropy, but no `labels` split is given",
+        p.alpha
+    );
+    let labeled: Option<Arc<HashSet<usize>>> = if has_labels && p.alpha > 0.0 {
+        Some(Arc::new(
+            train::load_labeled(ctx, "labels", ds.train.n)?
+                .into_iter()
+                .collect(),
+        ))
+    } else {
+        None
+    };
+
+    let cfg = p.model.clone().unwrap_or_else(|| teacher.arch().clone());
+    let head_layer = p.head_layer.unwrap_or(teacher_head);
+    let student = Network::new_classifier(
+        &cfg,
+        ds.train.h,
+        ds.train.c,
+        num_classes,
+        head_layer,
+        &device,
+        train::seed_for(ctx, "distill.init"),
+    )?;
+    let (spec, batch) = train::loop_spec("distill", p.schedule(), ds.train.n)?;
+    let mut trainer = Distiller {
+        teacher,
+        params: train::optimizer_params(&student),
+        student,
+        opt: optim::build(p.optimizer, p.momentum, p.weight_decay, p.nesterov),
+        temperature: p.temperature,
+        alpha: p.alpha,
+    };
+
+    let images = Arc::new(ds.train);
+    let n_images = images.n;
+    let seed = train::seed_for(ctx, "distill.data");
+    let aug = AugmentCfg::crop_flip();
+    let make_batch = move |epoch: usize, step: usize| -> anyhow::Result<Batch> {
+        let order = epoch_order(images.n, seed, epoch);
+        let ids = &order[step * batch..(step + 1) * batch];
+        let x = augment_batch(&images, ids, &aug, seed, epoch, 0, &device)?;
+        let labeled_rows = match &labeled {
+            Some(set) => labeled_rows(&images.labels, ids, set, &device)?,
+            None => None,
+        };
+        Ok(Batch { x, labeled_rows })
+    };
+    let result = train::run(ctx, &spec, &mut trainer, make_batch)?;
+    trainer.student.save(ctx.out_dir)?;
+    Ok(StageOutput {
+        metrics: result.final_metrics(),
+        series: result.series,
+        details: serde_json::json!({
+            "train_images": n_images,
+            "steps_per_epoch": spec.steps_per_epoch,
+            "batch_size": batch,
+            "peak_lr": spec.peak_lr,
+            "student_head_layer": head_layer,
+        }),
+    })
+}
+
+/// Positions in the batch `ids` of labeled images and their labels, `None` if there are none.
+fn labeled_rows(
+    labels: &[u32],
+    ids: &[usize],
+    labeled: &HashSet<usize>,
+    device: &Device,
+) -> anyhow::Result<Option<(Tensor, Tensor)>> {
+    let (rows, ys): (Vec<u32>, Vec<u32>) = ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| labeled.contains(id))
+        .map(|(row, &id)| (row as u32, labels[id]))
+        .unzip();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let n = rows.len();
+    Ok(Some((
+        Tensor::from_vec(rows, n, device)?,
+        Tensor::from_vec(ys, n, device)?,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::train::testutil::{dataset_and_split, files, tiny_model, Run};
+    use super::*;
+
+    /// A supervised teacher, then a self-distilled student with α = 0.5 on the labels: the student
+    /// learns to agree with the teacher on the (unlabeled) train images.
+    #[test]
+    fn student_learns_to_agree_with_the_teacher() {
+        let root = tempfile::tempdir().unwrap();
+        let (data, split) = dataset_and_split(root.path(), 12, &[0, 1, 2, 3]);
+        let teacher = Run {
+            kind: &super::super::supervised::SPEC,
+            params: serde_json::json!({ "model": tiny_model(), "epochs": 10, "batch_size": 4, "lr": 0.05, "lr_scaling": "sqrt" }),
+            inputs: vec![("data", data.clone()), ("labels", split.clone())],
+            out: root.path().join("teacher"),
+            resume: root.path().join("teacher-resume"),
+            seed: 1,
+            checkpoint_every: 0,
+        };
+        teacher.run().unwrap();
+        let student = Run {
+            kind: &SPEC,
+            params: serde_json::json!({ "epochs": 6, "batch_size": 8, "alpha": 0.5, "temperature": 2.0, "lr": 0.2, "optimizer": "sgd", "weight_decay": 0.0 }),
+            inputs: vec![
+                ("teacher", teacher.out.clone()),
+                ("data", data.clone()),
+                ("labels", split),
+            ],
+            out: root.path().join("student"),
+            resume: root.path().join("student-resume"),
+            seed: 2,
+            checkpoint_every: 0,
+        };
+        let out = student.run().unwrap();
+        let loss = &out.series["loss"];
+        assert_eq!(loss.len(), 6);
+        assert!(loss[5] < loss[0], "{loss:?}");
+        assert!(
+            out.metrics["agreement"] > 0.9,
+            "{:?}",
+            out.series["agreement"]
+        );
+        assert!(files(&student.out).contains_key("model.safetensors"));
+
+        // α > 0 without labels is refused before training.
+        let mut no_labels = Run {
+            inputs: vec![("teacher", teacher.out.clone()), ("data", data)],
+            ..student
+        };
+        no_labels.out = root.path().join("x");
+        let err = no_labels.run().unwrap_err().to_string();
+        assert!(err.contains("no `labels` split"), "{err}");
+    }
+
+    #[test]
+    fn defaults() {
+        let v = resolve(&serde_json::json!({})).unwrap();
+        assert_eq!(v["model"], serde_json::Value::Null);
+        assert_eq!(v["temperature"], 1.0);
+        assert_eq!(v["alpha"], 0.0);
+        assert_eq!(
+            resolve(&serde_json::json!({ "alpha": 1.5 }))
+                .unwrap_err()
+                .path,
+            "alpha"
+        );
+    }
+}

@@ -1,0 +1,429 @@
+//! `pretrain`: SimCLR contrastive pretraining of encoder + projection head (NT-Xent over two
+//! augmented views, LARS, warmup + cosine), optionally with SimCLRv2's MoCo-style memory.
+//!
+//! Input: `data` (dataset). Output: the network checkpoint (`Network::save`: encoder + full head).
+//! Metrics: final `loss`, `contrastive_acc`; series: both per epoch.
+//!
+//! Defaults follow SimCLR's CIFAR-10 setting (paper appendix B.9): LARS, lr 1.0 × B/256,
+//! weight decay 1e-6, temperature 0.5, colour-jitter strength 0.5, no blur. The reference README's
+//! CIFAR command uses weight decay 1e-4; the paper's value is used here.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::train::{self, LoopSpec, Schedule, StepLoss, Trainer};
+use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
+use crate::augment::AugmentCfg;
+use crate::data::loader::{augment_batch, epoch_order};
+use crate::loss::nt_xent_with_memory;
+use crate::memory::Memory;
+use crate::model::{ModelCfg, Network};
+use crate::optim::{self, Optimizer, OptimizerKind, Param, Scaling};
+
+pub const SPEC: KindSpec = KindSpec {
+    name: "pretrain",
+    version: 1,
+    summary: "SimCLR contrastive pretraining (NT-Xent, LARS, optional MoCo-style memory)",
+    refs: &[RefSpec {
+        key: "data",
+        role: "data",
+        target: RefTarget::Dataset,
+        many: false,
+        required: true,
+    }],
+    trains: true,
+    resolve_params: resolve,
+    run,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub model: ModelCfg,
+    pub epochs: usize,
+    /// Images per step; each gives two views, so the network sees 2× this many.
+    pub batch_size: usize,
+    pub optimizer: OptimizerKind,
+    /// Base learning rate, scaled by `lr_scaling`.
+    pub lr: f64,
+    pub lr_scaling: Scaling,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Linear warmup length in epochs (fractions allowed), then cosine decay to 0.
+    pub warmup_epochs: f64,
+    /// Nesterov momentum (SGD only).
+    pub nesterov: bool,
+    /// NT-Xent temperature τ (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet).
+    pub temperature: f64,
+    /// Colour-jitter strength s (SimCLR: 0.5 on CIFAR-10, 1.0 on ImageNet).
+    pub color_jitter: f32,
+    /// Gaussian blur (SimCLR uses it on ImageNet, not on CIFAR).
+    pub blur: bool,
+    pub memory: MemoryParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryParams {
+    /// Queue length K (0 = no memory).
+    pub size: usize,
+    /// EMA momentum of the network producing the queued keys.
+    pub momentum: f64,
+}
+
+impl Default for MemoryParams {
+    fn default() -> Self {
+        MemoryParams {
+            size: 0,
+            momentum: 0.999,
+        }
+    }
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            model: ModelCfg::default(),
+            epochs: 10,
+            batch_size: 256,
+            optimizer: OptimizerKind::Lars,
+            lr: 1.0,
+            lr_scaling: Scaling::Linear,
+            momentum: 0.9,
+            weight_decay: 1e-6,
+            warmup_epochs: 1.0,
+            nesterov: false,
+            temperature: 0.5,
+            color_jitter: 0.5,
+            blur: false,
+            memory: MemoryParams::default(),
+        }
+    }
+}
+
+impl Params {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            lr_scaling: self.lr_scaling,
+            warmup_epochs: self.warmup_epochs,
+        }
+    }
+}
+
+fn check(p: &Params) -> Result<(), ParamError> {
+    let err = |path: &str, message: String| ParamError {
+        path: path.into(),
+        message,
+    };
+    train::check_model(&p.model)?;
+    train::check_schedule(&p.schedule(), p.momentum)?;
+    if p.batch_size < 2 {
+        return Err(err(
+            "batch_size",
+            "contrastive training needs at least 2 images per batch".into(),
+        ));
+    }
+    if !(p.temperature > 0.0 && p.temperature.is_finite()) {
+        return Err(err(
+            "temperature",
+            format!("must be positive, got {}", p.temperature),
+        ));
+    }
+    if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
+        return Err(err(
+            "weight_decay",
+            format!("must be ≥ 0, got {}", p.weight_decay),
+        ));
+    }
+    if !(0.0..=1.0).contains(&p.color_jitter) {
+        return Err(err(
+            "color_jitter",
+            format!("must be in [0, 1], got {}", p.color_jitter),
+        ));
+    }
+    if !(0.0..=1.0).contains(&p.memory.momentum) {
+        return Err(err(
+            "memory.momentum",
+            format!("must be in [0, 1], got {}", p.memory.momentum),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
+    train::resolve_checked::<Params>(raw, check)
+}
+
+/// Contrastive training state: the network, its optimizer, and the optional memory.
+struct Pretrainer {
+    net: Network,
+    params: Vec<Param>,
+    opt: Box<dyn Optimizer + Send>,
+    memory: Option<Memory>,
+    temperature: f64,
+    /// This step's stacked views, kept for the memory's enqueue after the update.
+    views: Option<Tensor>,
+}
+
+impl Trainer for Pretrainer {
+    /// Both views stacked: rows `0..N` view 1, `N..2N` view 2.
+    type Batch = Tensor;
+
+    fn forward(&mut self, x: Tensor) -> anyhow::Result<StepLoss> {
+        let images = x.dim(0)?;
+        let n = images / 2;
+        // One pass over both views, so BatchNorm normalizes over all 2N (as the reference does).
+        let z = self.net.project(&x, true)?;
+        let negatives = match &self.memory {
+            Some(m) => m.negatives()?,
+            None => None,
+        };
+        let (loss, acc) = nt_xent_with_memory(
+            &z.narrow(0, 0, n)?,
+            &z.narrow(0, n, n)?,
+            negatives.as_ref(),
+            self.temperature,
+        )?;
+        if self.memory.is_some() {
+            self.views = Some(x);
+        }
+        Ok(StepLoss {
+            loss,
+            metrics: vec![("contrastive_acc", acc)],
+            images,
+        })
+    }
+
+    fn update(&mut self, loss: &Tensor, lr: f64) -> anyhow::Result<()> {
+        let grads = loss.backward()?;
+        self.opt.step(&self.params, &grads, lr)?;
+        if let (Some(m), Some(x)) = (&mut self.memory, self.views.take()) {
+            m.after_step(&self.net, &x)?;
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+        let mut out = train::net_and_opt_state(&self.net, self.opt.as_ref());
+        if let Some(m) = &self.memory {
+            out.extend(train::prefixed("mem.", m.state()?));
+        }
+        Ok(out)
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> anyhow::Result<()> {
+        train::load_net_and_opt(&self.net, self.opt.as_mut(), state)?;
+        if let Some(m) = &mut self.memory {
+            m.load_state(&train::with_prefix(state, "mem."))?;
+        }
+        Ok(())
+    }
+}
+
+fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
+    let p: Params = ctx.params()?;
+    let device = train::device()?;
+    let ds = train::load_dataset(ctx, "data")?;
+    let images = Arc::new(ds.train);
+    let (spec, batch): (LoopSpec, usize) = train::loop_spec("pretrain", p.schedule(), images.n)?;
+    anyhow::ensure!(
+        batch >= 2,
+        "pretrain needs at least 2 train images, the dataset has {}",
+        images.n
+    );
+
+    let net = Network::new_pretrain(
+        &p.model,
+        images.h,
+        images.c,
+        &device,
+        train::seed_for(ctx, "pretrain.init"),
+    )?;
+    let memory = match p.memory.size {
+        0 => None,
+        k => Some(Memory::new(&net, k, p.memory.momentum)?),
+    };
+    let mut trainer = Pretrainer {
+        params: train::optimizer_params(&net),
+        opt: optim::build(p.optimizer, p.momentum, p.weight_decay, p.nesterov),
+        net,
+        memory,
+        temperature: p.temperature,
+        views: None,
+    };
+
+    let aug = AugmentCfg::simclr(p.color_jitter, p.blur);
+    let seed = train::seed_for(ctx, "pretrain.data");
+    let data = images.clone();
+    let make_batch = move |epoch: usize, step: usize| -> anyhow::Result<Tensor> {
+        let order = epoch_order(data.n, seed, epoch);
+        let ids = &order[step * batch..(step + 1) * batch];
+        let v1 = augment_batch(&data, ids, &aug, seed, epoch, 0, &device)?;
+        let v2 = augment_batch(&data, ids, &aug, seed, epoch, 1, &device)?;
+        Ok(Tensor::cat(&[&v1, &v2], 0)?)
+    };
+    let result = train::run(ctx, &spec, &mut trainer, make_batch)?;
+
+    trainer.net.save(ctx.out_dir)?;
+    Ok(StageOutput {
+        metrics: result.final_metrics(),
+        series: result.series,
+        details: serde_json::json!({
+            "steps_per_epoch": spec.steps_per_epoch,
+            "batch_size": batch,
+            "peak_lr": spec.peak_lr,
+            "train_images": images.n,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::super::train::testutil::{dataset_and_split, files, tiny_model, Run, StopAfter};
+    use super::super::train::{load_checkpoint, CHECKPOINT_FILE};
+    use super::*;
+
+    fn pretrain_run(root: &std::path::Path, memory: usize) -> Run<'static> {
+        let (data, _) = dataset_and_split(root, 12, &[0, 1]);
+        Run {
+            kind: &SPEC,
+            params: serde_json::json!({
+                "model": tiny_model(), "epochs": 4, "batch_size": 8, "lr": 0.5,
+                "memory": { "size": memory, "momentum": 0.9 },
+            }),
+            inputs: vec![("data", data)],
+            out: root.join("out"),
+            resume: root.join("resume"),
+            seed: 3,
+            checkpoint_every: 1,
+        }
+    }
+
+    /// 4 epochs in one go == 2 epochs, interruption, 2 resumed epochs: same metrics, same bytes.
+    /// With the memory on, so the queue and EMA network must round-trip too.
+    #[test]
+    fn resume_is_bit_identical_with_memory() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let straight = pretrain_run(a.path(), 20);
+        let full = straight.run().unwrap();
+        assert_eq!(full.series["loss"].len(), 4);
+        assert!(full.metrics["loss"].is_finite());
+        assert!((0.0..=1.0).contains(&full.metrics["contrastive_acc"]));
+
+        let split = pretrain_run(b.path(), 20);
+        let cancel = AtomicBool::new(false);
+        let err = split
+            .go(
+                &StopAfter {
+                    stop_after: 2,
+                    flag: &cancel,
+                },
+                &cancel,
+            )
+            .unwrap_err();
+        assert!(
+            err.downcast_ref::<crate::api::Cancelled>().is_some(),
+            "{err:#}"
+        );
+        assert!(
+            files(&split.out).is_empty(),
+            "an interrupted run writes no output"
+        );
+        let super::super::train::Checkpoint { state, tensors } =
+            load_checkpoint(&split.resume).unwrap().unwrap();
+        assert_eq!(state.epoch, 2);
+        assert!(tensors.iter().any(|(n, _)| n == "mem.queue"));
+        assert!(tensors.iter().any(|(n, _)| n.starts_with("mem.ema.")));
+        assert!(tensors.iter().any(|(n, _)| n.starts_with("opt.")));
+        assert!(split.resume.join(CHECKPOINT_FILE).exists());
+
+        let resumed = split.run().unwrap();
+        assert_eq!(resumed, full);
+        assert_eq!(files(&split.out), files(&straight.out));
+    }
+
+    #[test]
+    fn saves_a_pretrain_network_and_rejects_bad_params() {
+        let root = tempfile::tempdir().unwrap();
+        let mut r = pretrain_run(root.path(), 0);
+        r.params["epochs"] = 1.into();
+        r.run().unwrap();
+        let net = Network::load(&r.out, &candle_core::Device::Cpu).unwrap();
+        assert!(net.has_projection());
+        assert_eq!(net.num_classes(), None);
+
+        let v = resolve(&serde_json::json!({})).unwrap();
+        assert_eq!(v["temperature"], 0.5);
+        assert_eq!(v["memory"]["size"], 0);
+        assert_eq!(
+            resolve(&serde_json::json!({ "temperature": 0.0 }))
+                .unwrap_err()
+                .path,
+            "temperature"
+        );
+        assert_eq!(
+            resolve(&serde_json::json!({ "batch_size": 1 }))
+                .unwrap_err()
+                .path,
+            "batch_size"
+        );
+        let e = resolve(&serde_json::json!({ "memory": { "size": 4, "m": 1 } })).unwrap_err();
+        assert!(e.path.starts_with("memory"), "{e}");
+        assert_eq!(
+            resolve(&serde_json::json!({ "model": { "depth": 11 } }))
+                .unwrap_err()
+                .path,
+            "model"
+        );
+    }
+}
+
+/// End-to-end throughput probe on the committed CIFAR-10 subset: `cargo test --release -p
+/// semiflow-stages --lib pretrain_speed -- --ignored --nocapture` (set RAYON_NUM_THREADS).
+#[cfg(test)]
+mod speed {
+    use super::super::train::testutil::Run;
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn pretrain_speed_small_resnet() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/cifar10-tiny");
+        let ds = crate::data::image_folder::read(&root, "train", "test").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        ds.save(&data).unwrap();
+        for memory in [0, 1024] {
+            let r = Run {
+                kind: &SPEC,
+                params: serde_json::json!({
+                    "model": { "depth": 18, "width": 0.25 }, "epochs": 1, "batch_size": 64,
+                    "memory": { "size": memory },
+                }),
+                inputs: vec![("data", data.clone())],
+                out: tmp.path().join(format!("out{memory}")),
+                resume: tmp.path().join(format!("resume{memory}")),
+                seed: 0,
+                checkpoint_every: 0,
+            };
+            let t = std::time::Instant::now();
+            let out = r.run().unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let views = 128.0 * out.details["steps_per_epoch"].as_u64().unwrap() as f64;
+            println!(
+                "memory {memory}: {views} views in {secs:.2} s = {:.0} views/s (incl. setup); loss {:.3}",
+                views / secs,
+                out.metrics["loss"]
+            );
+        }
+    }
+}
