@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use super::gemm::{matmul, MatMut, MatRef};
 use super::im2col::{col2im, im2col, ConvGeom};
 use super::scratch::{sized, with_scratch, Scratch};
-use super::storage::{with_f32, PlanarView, SendPtr};
+use super::storage::{uninit_vec, with_f32, PlanarView, SendPtr};
 
 /// Columns (output pixels) a chunk aims for: enough to keep GEMM in its efficient regime.
 const TARGET_COLS: usize = 1024;
@@ -132,15 +132,6 @@ impl CustomOp2 for Conv2dOp {
         let dw = Tensor::from_vec(dw, w.dims(), w.device())?;
         Ok((dx, Some(dw)))
     }
-}
-
-/// A vector of `len` floats that the caller fully overwrites before reading.
-fn uninit_vec(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns and every caller writes all `len` elements before
-    // the vector is read or handed out.
-    unsafe { v.set_len(len) };
-    v
 }
 
 fn forward(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {

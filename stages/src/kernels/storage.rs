@@ -64,3 +64,17 @@ pub(crate) struct SendPtr(pub *mut f32);
 // SAFETY: used only for buffers whose workers write provably disjoint element ranges.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+/// A vector of `len` floats for a kernel output that the kernel fully overwrites. Skipping the
+/// zero fill matters: with the allocator reusing freed blocks, calloc-style zeroing is a full
+/// extra pass over every activation.
+pub(crate) fn uninit_vec(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `len` elements before
+    // the vector is read or handed out.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(len)
+    };
+    v
+}
