@@ -74,7 +74,6 @@ fn train_forward(
     let stats: Vec<(f32, f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let yp = yp;
             let shift = x[ch * hw];
             let (mut s, mut q) = (0f64, 0f64);
             for b in 0..n {
@@ -92,7 +91,7 @@ fn train_forward(
             for b in 0..n {
                 let o = (b * c + ch) * hw;
                 // SAFETY: channel `ch`'s elements are written by this task only.
-                let out = unsafe { std::slice::from_raw_parts_mut(yp.0.add(o), hw) };
+                let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(o), hw) };
                 let xs = &x[o..o + hw];
                 match (residual, relu) {
                     (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + sh),
@@ -176,7 +175,6 @@ fn train_backward(
     let sums: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (dxp, drp) = (dxp, drp);
             let (mean, invstd) = (stats.mean[ch], stats.invstd[ch]);
             // Pass 1: Σg and Σg·(x−mean), g being the masked output gradient.
             let (mut sg, mut sgx) = (0f64, 0f64);
@@ -195,9 +193,9 @@ fn train_backward(
             for b in 0..n {
                 let o = (b * c + ch) * hw;
                 // SAFETY: channel `ch`'s elements are written by this task only.
-                let out = unsafe { std::slice::from_raw_parts_mut(dxp.0.add(o), hw) };
+                let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(o), hw) };
                 let mut rout =
-                    drp.map(|p| unsafe { std::slice::from_raw_parts_mut(p.0.add(o), hw) });
+                    drp.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(o), hw) });
                 let (dys, ys, xs) = (&dy[o..o + hw], &y[o..o + hw], &x[o..o + hw]);
                 for i in 0..hw {
                     let g = masked(dys[i], ys[i]);

@@ -65,6 +65,14 @@ pub(crate) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer. A method rather than field access so closures capture the whole (Send)
+    /// wrapper instead of the bare pointer field.
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A vector of `len` floats for a kernel output that the kernel fully overwrites. Skipping the
 /// zero fill matters: with the allocator reusing freed blocks, calloc-style zeroing is a full
 /// extra pass over every activation.
