@@ -1,10 +1,26 @@
 //! Conv2d and BatchNorm for every model in this crate.
 //!
-//! The public functions here are THE entry points models call. On CPU they dispatch to fast custom
-//! ops (im2col/col2im + multithreaded GEMM, fused BatchNorm) wired into candle's autograd; on other
-//! devices (CUDA) they fall back to candle's own ops. Layout at this API is candle's NCHW.
+//! The public functions here are THE entry points models call. On CPU with f32 tensors they
+//! dispatch to fast custom ops (im2col/col2im + multithreaded GEMM, fused BatchNorm) wired into
+//! candle's autograd; on other devices (CUDA) or dtypes they fall back to candle's own ops
+//! ([`reference`]). Layout at this API is candle's NCHW.
 
-use candle_core::{Result, Tensor};
+mod batchnorm;
+mod conv;
+mod gemm;
+mod im2col;
+mod scratch;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{DType, Result, Tensor};
+
+/// Whether the fast CPU kernels handle these tensors.
+fn fast_path(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
 
 /// 2-D convolution, NCHW input `x` (N,Cin,H,W), weight `w` (Cout, Cin/groups, KH, KW), no bias.
 pub fn conv2d(
@@ -14,7 +30,11 @@ pub fn conv2d(
     padding: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    reference::conv2d(x, w, stride, padding, groups)
+    if fast_path(&[x, w]) {
+        conv::conv2d(x, w, stride, padding, groups)
+    } else {
+        reference::conv2d(x, w, stride, padding, groups)
+    }
 }
 
 /// Training-mode BatchNorm over a batch: normalizes with the batch statistics, then
@@ -28,7 +48,28 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    reference::batch_norm_train(x, gamma, beta, eps, relu)
+    if fast_path(&[x, gamma]) && beta.is_none_or(|b| fast_path(&[b])) {
+        batchnorm::train(x, gamma, beta, eps, relu)
+    } else {
+        reference::batch_norm_train(x, gamma, beta, eps, relu)
+    }
+}
+
+/// Training-mode `relu(batch_norm(x) + residual)`: the end of a residual block in one pass
+/// (forward and backward). `residual` has `x`'s shape. Returns `(y, batch_mean, batch_var)` as
+/// [`batch_norm_train`] does.
+pub fn batch_norm_add_relu_train(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if fast_path(&[x, residual, gamma]) && beta.is_none_or(|b| fast_path(&[b])) {
+        batchnorm::train_add_relu(x, residual, gamma, beta, eps)
+    } else {
+        reference::batch_norm_add_relu_train(x, residual, gamma, beta, eps)
+    }
 }
 
 /// Eval-mode BatchNorm with running statistics, then ReLU if `relu`.
@@ -41,7 +82,55 @@ pub fn batch_norm_eval(
     eps: f64,
     relu: bool,
 ) -> Result<Tensor> {
-    reference::batch_norm_eval(x, gamma, beta, running_mean, running_var, eps, relu)
+    let mut all = vec![x, gamma, running_mean, running_var];
+    all.extend(beta);
+    if eval_fast_path(&all) {
+        batchnorm::eval(x, None, gamma, beta, running_mean, running_var, eps, relu)
+    } else {
+        reference::batch_norm_eval(x, gamma, beta, running_mean, running_var, eps, relu)
+    }
+}
+
+/// Eval-mode `relu(batch_norm(x) + residual)` with running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_add_relu_eval(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let mut all = vec![x, residual, gamma, running_mean, running_var];
+    all.extend(beta);
+    if eval_fast_path(&all) {
+        batchnorm::eval(
+            x,
+            Some(residual),
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            eps,
+            true,
+        )
+    } else {
+        reference::batch_norm_add_relu_eval(
+            x,
+            residual,
+            gamma,
+            beta,
+            running_mean,
+            running_var,
+            eps,
+        )
+    }
+}
+
+/// The eval kernel is forward-only: anything that needs gradients goes through candle's ops.
+fn eval_fast_path(ts: &[&Tensor]) -> bool {
+    fast_path(ts) && ts.iter().all(|t| !t.track_op())
 }
 
 /// candle-op implementations: the fallback on non-CPU devices and the oracle the custom ops are
@@ -127,5 +216,29 @@ pub mod reference {
         } else {
             Ok(y)
         }
+    }
+
+    pub fn batch_norm_add_relu_train(
+        x: &Tensor,
+        residual: &Tensor,
+        gamma: &Tensor,
+        beta: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (y, mean, var) = batch_norm_train(x, gamma, beta, eps, false)?;
+        Ok(((y + residual)?.relu()?, mean, var))
+    }
+
+    pub fn batch_norm_add_relu_eval(
+        x: &Tensor,
+        residual: &Tensor,
+        gamma: &Tensor,
+        beta: Option<&Tensor>,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let y = batch_norm_eval(x, gamma, beta, running_mean, running_var, eps, false)?;
+        (y + residual)?.relu()
     }
 }

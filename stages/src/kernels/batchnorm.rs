@@ -1,0 +1,539 @@
+//! BatchNorm kernels: a training-mode custom op with the closed-form backward, an optional fused
+//! ReLU and an optional fused residual add, plus an eval-mode per-channel scale/shift.
+//!
+//! Tensors are contiguous (N,C) or (N,C,H,W); a channel's elements are N runs of H·W contiguous
+//! floats. Work is split across channels. Per-channel sums accumulate in f32 lanes within a run and
+//! in f64 across runs, after shifting by the channel's first element, so the variance stays
+//! accurate for large batches and offset data.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::storage::{with_contiguous_f32, SendPtr};
+
+/// (N, C, H·W) of a contiguous (N,C) or (N,C,H,W) tensor.
+pub(crate) fn channel_dims(dims: &[usize]) -> Result<(usize, usize, usize)> {
+    match *dims {
+        [n, c] => Ok((n, c, 1)),
+        [n, c, h, w] => Ok((n, c, h * w)),
+        _ => candle_core::bail!("batch norm expects (N,C) or (N,C,H,W), got {dims:?}"),
+    }
+}
+
+/// Batch statistics from a training forward, kept by the op for its backward pass.
+#[derive(Debug)]
+pub(crate) struct BatchStats {
+    pub mean: Vec<f32>,
+    /// Biased variance, as reported to the caller for the running-statistics update.
+    pub var: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
+/// Sum of `xs` and sum of squares of `xs - shift`, with 8 independent f32 lanes.
+fn shifted_sums(xs: &[f32], shift: f32) -> (f64, f64) {
+    let mut s = [0f32; 8];
+    let mut q = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for l in 0..8 {
+            let d = ch[l] - shift;
+            s[l] += d;
+            q[l] += d * d;
+        }
+    }
+    let (mut s1, mut q1) = (0f64, 0f64);
+    for &v in tail {
+        let d = (v - shift) as f64;
+        s1 += d;
+        q1 += d * d;
+    }
+    (
+        s1 + s.iter().map(|&v| v as f64).sum::<f64>(),
+        q1 + q.iter().map(|&v| v as f64).sum::<f64>(),
+    )
+}
+
+/// Training forward over contiguous data. `residual` (same shape as `x`) is added before the
+/// optional ReLU. Returns y and the batch statistics.
+#[allow(clippy::too_many_arguments)]
+fn train_forward(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    (n, c, hw): (usize, usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, BatchStats) {
+    let mut y = super::storage::uninit_vec(x.len());
+    let yp = SendPtr(y.as_mut_ptr());
+    let m = (n * hw) as f64;
+    let stats: Vec<(f32, f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let shift = x[ch * hw];
+            let (mut s, mut q) = (0f64, 0f64);
+            for b in 0..n {
+                let o = (b * c + ch) * hw;
+                let (ds, dq) = shifted_sums(&x[o..o + hw], shift);
+                s += ds;
+                q += dq;
+            }
+            let mean_d = s / m;
+            let var = (q / m - mean_d * mean_d).max(0.0);
+            let mean = (shift as f64 + mean_d) as f32;
+            let invstd = (1.0 / (var + eps).sqrt()) as f32;
+            let a = gamma[ch] * invstd;
+            let sh = beta[ch] - mean * a;
+            for b in 0..n {
+                let o = (b * c + ch) * hw;
+                // SAFETY: channel `ch`'s elements are written by this task only.
+                let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(o), hw) };
+                let xs = &x[o..o + hw];
+                match (residual, relu) {
+                    (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + sh),
+                    (None, true) => out
+                        .iter_mut()
+                        .zip(xs)
+                        .for_each(|(o, &v)| *o = (v * a + sh).max(0.0)),
+                    (Some(r), relu) => {
+                        let rs = &r[o..o + hw];
+                        for ((o, &v), &rv) in out.iter_mut().zip(xs).zip(rs) {
+                            let t = v * a + sh + rv;
+                            *o = if relu { t.max(0.0) } else { t };
+                        }
+                    }
+                }
+            }
+            (mean, var as f32, invstd)
+        })
+        .collect();
+    let stats = BatchStats {
+        mean: stats.iter().map(|s| s.0).collect(),
+        var: stats.iter().map(|s| s.1).collect(),
+        invstd: stats.iter().map(|s| s.2).collect(),
+    };
+    (y, stats)
+}
+
+/// Σg and Σg·(x − mean) over one run, g being the output gradient masked by `y > 0` if `relu`;
+/// 8 independent f32 lanes so the loop vectorises.
+fn grad_sums(dy: &[f32], y: &[f32], x: &[f32], mean: f32, relu: bool) -> (f64, f64) {
+    let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+    let mask = |d: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { d };
+    let (dc, yc, xc) = (dy.chunks_exact(8), y.chunks_exact(8), x.chunks_exact(8));
+    let (dt, yt, xt) = (dc.remainder(), yc.remainder(), xc.remainder());
+    for ((d, yv), xv) in dc.zip(yc).zip(xc) {
+        for l in 0..8 {
+            let g = mask(d[l], yv[l]);
+            a[l] += g;
+            b[l] += g * (xv[l] - mean);
+        }
+    }
+    let (mut sa, mut sb) = (0f64, 0f64);
+    for ((&d, &yv), &xv) in dt.iter().zip(yt).zip(xt) {
+        let g = mask(d, yv) as f64;
+        sa += g;
+        sb += g * (xv - mean) as f64;
+    }
+    (
+        sa + a.iter().map(|&v| v as f64).sum::<f64>(),
+        sb + b.iter().map(|&v| v as f64).sum::<f64>(),
+    )
+}
+
+/// Gradients of a training forward.
+struct TrainGrads {
+    dx: Vec<f32>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+    /// Gradient w.r.t. the fused residual: the (ReLU-masked) output gradient.
+    dresidual: Option<Vec<f32>>,
+}
+
+/// Closed-form backward. With `relu`, the output gradient is masked by `y > 0`.
+#[allow(clippy::too_many_arguments)]
+fn train_backward(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    gamma: &[f32],
+    stats: &BatchStats,
+    relu: bool,
+    want_dresidual: bool,
+) -> TrainGrads {
+    let mut dx = super::storage::uninit_vec(x.len());
+    let mut dres = want_dresidual.then(|| super::storage::uninit_vec(x.len()));
+    let dxp = SendPtr(dx.as_mut_ptr());
+    let drp = dres.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
+    let m = (n * hw) as f32;
+    let masked = |v: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { v };
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mean, invstd) = (stats.mean[ch], stats.invstd[ch]);
+            // Pass 1: Σg and Σg·(x−mean), g being the masked output gradient.
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for b in 0..n {
+                let o = (b * c + ch) * hw;
+                let (ds, dsx) = grad_sums(&dy[o..o + hw], &y[o..o + hw], &x[o..o + hw], mean, relu);
+                sg += ds;
+                sgx += dsx;
+            }
+            let dbeta = sg as f32;
+            let dgamma = (sgx as f32) * invstd;
+            // Pass 2: dx = γ·σ⁻¹·(g − Σg/M − x̂·Σ(g·x̂)/M).
+            let k1 = gamma[ch] * invstd;
+            let k2 = k1 * dbeta / m;
+            let k3 = k1 * invstd * dgamma / m;
+            for b in 0..n {
+                let o = (b * c + ch) * hw;
+                // SAFETY: channel `ch`'s elements are written by this task only.
+                let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(o), hw) };
+                let mut rout =
+                    drp.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(o), hw) });
+                let (dys, ys, xs) = (&dy[o..o + hw], &y[o..o + hw], &x[o..o + hw]);
+                for i in 0..hw {
+                    let g = masked(dys[i], ys[i]);
+                    out[i] = k1 * g - k2 - k3 * (xs[i] - mean);
+                }
+                if let Some(r) = rout.as_mut() {
+                    for i in 0..hw {
+                        r[i] = masked(dys[i], ys[i]);
+                    }
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    TrainGrads {
+        dx,
+        dgamma: sums.iter().map(|s| s.0).collect(),
+        dbeta: sums.iter().map(|s| s.1).collect(),
+        dresidual: dres,
+    }
+}
+
+/// Training BatchNorm (+ReLU) as a custom op over (x, gamma, beta).
+struct BnTrainOp {
+    eps: f64,
+    relu: bool,
+    stats: Arc<OnceLock<BatchStats>>,
+}
+
+impl CustomOp3 for BnTrainOp {
+    fn name(&self) -> &'static str {
+        "semiflow-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1)?;
+        let dims = channel_dims(l1.dims())?;
+        let (y, stats) = train_forward(
+            x,
+            None,
+            dims,
+            contiguous(s2, l2)?,
+            contiguous(s3, l3)?,
+            self.eps,
+            self.relu,
+        );
+        self.stats.set(stats).map_err(|_| {
+            candle_core::Error::Msg("semiflow-batch-norm-train: op applied twice".into())
+        })?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = backward_common(x, gamma, res, grad, &self.stats, self.relu, false)?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(grads.dx, x.dims(), dev)?),
+            Some(Tensor::from_vec(grads.dgamma, gamma.dims(), dev)?),
+            Some(Tensor::from_vec(grads.dbeta, beta.dims(), dev)?),
+        ))
+    }
+}
+
+/// Training `relu(bn(x) + residual)` as a custom op over (x, residual, [gamma; beta]) — the
+/// (2, C) stack keeps the op ternary; candle routes its gradient back to gamma and beta.
+struct BnAddReluTrainOp {
+    eps: f64,
+    stats: Arc<OnceLock<BatchStats>>,
+}
+
+impl CustomOp3 for BnAddReluTrainOp {
+    fn name(&self) -> &'static str {
+        "semiflow-batch-norm-add-relu-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1)?;
+        let r = contiguous(s2, l2)?;
+        let gb = contiguous(s3, l3)?;
+        let dims = channel_dims(l1.dims())?;
+        let (y, stats) = train_forward(
+            x,
+            Some(r),
+            dims,
+            &gb[..dims.1],
+            &gb[dims.1..],
+            self.eps,
+            true,
+        );
+        self.stats.set(stats).map_err(|_| {
+            candle_core::Error::Msg("semiflow-batch-norm-add-relu-train: op applied twice".into())
+        })?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        gb: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = x.dim(1)?;
+        let gamma = gb.narrow(0, 0, 1)?.reshape(c)?;
+        let grads = backward_common(x, &gamma, res, grad, &self.stats, true, true)?;
+        let dev = x.device();
+        let mut dgb = grads.dgamma;
+        dgb.extend_from_slice(&grads.dbeta);
+        let dres = grads.dresidual.expect("requested");
+        Ok((
+            Some(Tensor::from_vec(grads.dx, x.dims(), dev)?),
+            Some(Tensor::from_vec(dres, residual.dims(), dev)?),
+            Some(Tensor::from_vec(dgb, gb.dims(), dev)?),
+        ))
+    }
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("semiflow batch norm: expected contiguous inputs"),
+    }
+}
+
+fn backward_common(
+    x: &Tensor,
+    gamma: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+    stats: &OnceLock<BatchStats>,
+    relu: bool,
+    want_dresidual: bool,
+) -> Result<TrainGrads> {
+    let stats = stats.get().ok_or_else(|| {
+        candle_core::Error::Msg("semiflow batch norm: backward before forward".into())
+    })?;
+    let dims = channel_dims(x.dims())?;
+    let grad = grad.contiguous()?;
+    let gamma = gamma.contiguous()?;
+    with_contiguous_f32(x, |xs| {
+        with_contiguous_f32(res, |ys| {
+            with_contiguous_f32(&grad, |gs| {
+                with_contiguous_f32(&gamma, |gm| {
+                    Ok(train_backward(
+                        xs,
+                        ys,
+                        gs,
+                        dims,
+                        gm,
+                        stats,
+                        relu,
+                        want_dresidual,
+                    ))
+                })
+            })
+        })
+    })
+}
+
+/// Detached (C,) tensors of the batch mean and biased variance.
+fn stats_tensors(stats: &OnceLock<BatchStats>, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let s = stats
+        .get()
+        .ok_or_else(|| candle_core::Error::Msg("semiflow batch norm: statistics missing".into()))?;
+    Ok((
+        Tensor::from_slice(&s.mean, s.mean.len(), x.device())?,
+        Tensor::from_slice(&s.var, s.var.len(), x.device())?,
+    ))
+}
+
+/// Training BatchNorm (+ReLU) through the custom op (CPU, f32).
+pub(crate) fn train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, _) = channel_dims(x.dims())?;
+    check_vec("gamma", gamma, c)?;
+    let beta = match beta {
+        Some(b) => {
+            check_vec("beta", b, c)?;
+            b.clone()
+        }
+        // A zero shift: its gradient is computed and dropped, the others are unaffected.
+        None => Tensor::zeros(c, gamma.dtype(), gamma.device())?,
+    };
+    let stats = Arc::new(OnceLock::new());
+    let y = x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        BnTrainOp {
+            eps,
+            relu,
+            stats: stats.clone(),
+        },
+    )?;
+    let (mean, var) = stats_tensors(&stats, x)?;
+    Ok((y, mean, var))
+}
+
+/// Training `relu(bn(x) + residual)` through the custom op (CPU, f32).
+pub(crate) fn train_add_relu(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, _) = channel_dims(x.dims())?;
+    if residual.dims() != x.dims() {
+        candle_core::bail!(
+            "batch norm residual shape {:?} differs from input {:?}",
+            residual.dims(),
+            x.dims()
+        );
+    }
+    check_vec("gamma", gamma, c)?;
+    let beta = match beta {
+        Some(b) => {
+            check_vec("beta", b, c)?;
+            b.clone()
+        }
+        None => Tensor::zeros(c, gamma.dtype(), gamma.device())?,
+    };
+    let gb = Tensor::stack(&[gamma, &beta], 0)?;
+    let stats = Arc::new(OnceLock::new());
+    let y = x.contiguous()?.apply_op3(
+        &residual.contiguous()?,
+        &gb,
+        BnAddReluTrainOp {
+            eps,
+            stats: stats.clone(),
+        },
+    )?;
+    let (mean, var) = stats_tensors(&stats, x)?;
+    Ok((y, mean, var))
+}
+
+fn check_vec(name: &str, t: &Tensor, c: usize) -> Result<()> {
+    if t.dims() != [c] {
+        candle_core::bail!(
+            "batch norm {name} must have shape ({c},), got {:?}",
+            t.dims()
+        );
+    }
+    Ok(())
+}
+
+/// Eval BatchNorm: `y = x·scale + shift [+ residual]`, then ReLU if `relu`, with per-channel
+/// scale/shift folded from the running statistics. Forward only: callers use it when nothing
+/// needs gradients.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn eval(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    let (n, c, hw) = channel_dims(x.dims())?;
+    let gamma = gamma.to_vec1::<f32>()?;
+    let rm = running_mean.to_vec1::<f32>()?;
+    let rv = running_var.to_vec1::<f32>()?;
+    let beta = beta.map(|b| b.to_vec1::<f32>()).transpose()?;
+    for (name, len) in [
+        ("gamma", gamma.len()),
+        ("running_mean", rm.len()),
+        ("running_var", rv.len()),
+    ] {
+        if len != c {
+            candle_core::bail!("batch norm {name} has {len} entries, input has {c} channels");
+        }
+    }
+    let scale: Vec<f32> = (0..c)
+        .map(|i| gamma[i] / ((rv[i] as f64 + eps).sqrt() as f32))
+        .collect();
+    let shift: Vec<f32> = (0..c)
+        .map(|i| beta.as_ref().map_or(0.0, |b| b[i]) - rm[i] * scale[i])
+        .collect();
+    let x = x.contiguous()?;
+    let residual = residual.map(|r| r.contiguous()).transpose()?;
+    let mut y = super::storage::uninit_vec(n * c * hw);
+    with_contiguous_f32(&x, |xs| {
+        let mut apply = |r: Option<&[f32]>| {
+            y.par_chunks_mut(hw.max(1))
+                .enumerate()
+                .for_each(|(plane, out)| {
+                    let ch = plane % c;
+                    let (a, b) = (scale[ch], shift[ch]);
+                    let o = plane * hw;
+                    let xs = &xs[o..o + hw];
+                    match r {
+                        None => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b),
+                        Some(r) => out
+                            .iter_mut()
+                            .zip(xs)
+                            .zip(&r[o..o + hw])
+                            .for_each(|((o, &v), &rv)| *o = v * a + b + rv),
+                    }
+                    if relu {
+                        out.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
+                });
+            Ok(())
+        };
+        match &residual {
+            None => apply(None),
+            Some(r) => with_contiguous_f32(r, |rs| apply(Some(rs))),
+        }
+    })?;
+    Tensor::from_vec(y, x.dims(), x.device())
+}

@@ -1,0 +1,396 @@
+//! conv2d as a candle custom op: forward, input gradient and weight gradient are each
+//! im2col/col2im plus one f32 GEMM per group over a chunk of images.
+//!
+//! Parallelism is coarse: the batch is cut into chunks of images, chunks run on rayon's threads,
+//! and each chunk's GEMMs run single-threaded. That keeps im2col/col2im parallel too and avoids the
+//! per-GEMM thread synchronisation that dominated small layers. Only when there are fewer images
+//! than threads do the GEMMs themselves go multithreaded.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, MatMut, MatRef};
+use super::im2col::{col2im, im2col, ConvGeom};
+use super::scratch::{sized, with_scratch, Scratch};
+use super::storage::{uninit_vec, with_f32, PlanarView, SendPtr};
+
+/// Columns (output pixels) a chunk aims for: enough to keep GEMM in its efficient regime.
+const TARGET_COLS: usize = 1024;
+/// Upper bound on one chunk's column matrix, in floats (16 MiB): bounds scratch memory per thread.
+const MAX_COL_FLOATS: usize = 4 << 20;
+
+/// How a call splits its batch into chunks of images.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Images per chunk (the last chunk may hold fewer).
+    per_chunk: usize,
+    chunks: usize,
+    /// Run chunks in parallel (single-threaded GEMMs) rather than one after another.
+    outer: bool,
+    threads: usize,
+}
+
+impl Plan {
+    fn new(g: &ConvGeom) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        let p = g.p().max(1);
+        let cap_images = (MAX_COL_FLOATS / (g.k_total() * p).max(1)).max(1);
+        let mut per_chunk = TARGET_COLS.div_ceil(p).min(cap_images).clamp(1, g.n.max(1));
+        let mut chunks = g.n.div_ceil(per_chunk);
+        if threads > 1 && g.n >= threads {
+            // Round the chunk count up to a multiple of the thread count so threads finish together.
+            let balanced = chunks.div_ceil(threads) * threads;
+            per_chunk = g.n.div_ceil(balanced);
+            chunks = g.n.div_ceil(per_chunk);
+        }
+        Self {
+            per_chunk,
+            chunks,
+            outer: threads > 1 && chunks >= threads,
+            threads,
+        }
+    }
+
+    /// (first image, image count) of chunk `c`.
+    fn chunk(&self, c: usize, n: usize) -> (usize, usize) {
+        let b0 = c * self.per_chunk;
+        (b0, self.per_chunk.min(n - b0))
+    }
+
+    /// Threads each chunk's GEMMs may use.
+    fn gemm_threads(&self) -> usize {
+        if self.outer {
+            1
+        } else {
+            self.threads
+        }
+    }
+}
+
+/// The custom op; the weight must be contiguous, the input planar (see `PlanarView`).
+pub(crate) struct Conv2dOp {
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "semiflow-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad, self.groups)?;
+        let xv = PlanarView::new(l1)?;
+        let Some((w0, w1)) = l2.contiguous_offsets() else {
+            candle_core::bail!("semiflow-conv2d: weight must be contiguous")
+        };
+        let out = forward(
+            &g,
+            s1.as_slice::<f32>()?,
+            &xv,
+            &s2.as_slice::<f32>()?[w0..w1],
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.cout, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad, self.groups)?;
+        let grad = if PlanarView::new(grad.layout()).is_ok() {
+            grad.clone()
+        } else {
+            grad.contiguous()?
+        };
+        let want_dx = x.track_op();
+        let (dx, dw) = with_f32(x, |xs, xl| {
+            let xv = PlanarView::new(xl)?;
+            with_f32(w, |ws, wl| {
+                let Some((w0, w1)) = wl.contiguous_offsets() else {
+                    candle_core::bail!("semiflow-conv2d: weight must be contiguous")
+                };
+                with_f32(&grad, |gs, gl| {
+                    let gv = PlanarView::new(gl)?;
+                    Ok(backward(&g, xs, &xv, &ws[w0..w1], gs, &gv, want_dx))
+                })
+            })
+        })?;
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
+            .transpose()?;
+        let dw = Tensor::from_vec(dw, w.dims(), w.device())?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+fn forward(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
+    let plan = Plan::new(g);
+    let mut out = uninit_vec(g.n * g.cout * g.p());
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let run = |c: usize| {
+        let (b0, nb) = plan.chunk(c, g.n);
+        with_scratch(|s| forward_chunk(g, x, xv, w, out_ptr, b0, nb, plan.gemm_threads(), s));
+    };
+    if plan.outer {
+        (0..plan.chunks).into_par_iter().for_each(run);
+    } else {
+        (0..plan.chunks).for_each(run);
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_chunk(
+    g: &ConvGeom,
+    x: &[f32],
+    xv: &PlanarView,
+    w: &[f32],
+    out: SendPtr,
+    b0: usize,
+    nb: usize,
+    threads: usize,
+    s: &mut Scratch,
+) {
+    let (p, cout_g, k_g) = (g.p(), g.cout_g(), g.k_g());
+    let out_b0 = unsafe { out.0.add(b0 * g.cout * p) };
+    let weights = |grp: usize| MatRef::row_major(w[grp * cout_g * k_g..].as_ptr(), k_g);
+    if nb == 1 && g.is_pointwise() {
+        // The input planes are the column matrix and the output planes the result: no copies.
+        let xb = &x[xv.image(b0)..];
+        for grp in 0..g.groups {
+            let rhs = MatRef {
+                ptr: xb[grp * g.cin_g() * xv.sc..].as_ptr(),
+                rs: xv.sc as isize,
+                cs: 1,
+            };
+            let dst = MatMut::row_major(unsafe { out_b0.add(grp * cout_g * p) }, p);
+            unsafe { matmul(cout_g, p, k_g, dst, false, weights(grp), rhs, threads) };
+        }
+        return;
+    }
+    let ld = nb * p;
+    let Scratch { cols, stage } = s;
+    let cols = sized(cols, g.k_total() * ld);
+    for i in 0..nb {
+        im2col(
+            g,
+            &x[xv.image(b0 + i)..],
+            xv.sc,
+            g.cin,
+            &mut cols[i * p..],
+            ld,
+        );
+    }
+    // With one image the GEMM writes the output planes directly; with several, its (Cout, nb·P)
+    // result is staged and scattered to the images' planes.
+    let (dst_base, dst_ld) = if nb == 1 {
+        (out_b0, p)
+    } else {
+        (sized(stage, g.cout * ld).as_mut_ptr(), ld)
+    };
+    for grp in 0..g.groups {
+        let rhs = MatRef::row_major(cols[grp * k_g * ld..].as_ptr(), ld);
+        let dst = MatMut::row_major(unsafe { dst_base.add(grp * cout_g * dst_ld) }, dst_ld);
+        unsafe { matmul(cout_g, ld, k_g, dst, false, weights(grp), rhs, threads) };
+    }
+    if nb > 1 {
+        for i in 0..nb {
+            for co in 0..g.cout {
+                // SAFETY: chunk images are disjoint, so this output plane is ours alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        dst_base.add(co * ld + i * p),
+                        out_b0.add((i * g.cout + co) * p),
+                        p,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// Returns (input gradient if `want_dx`, weight gradient).
+fn backward(
+    g: &ConvGeom,
+    x: &[f32],
+    xv: &PlanarView,
+    w: &[f32],
+    dy: &[f32],
+    dyv: &PlanarView,
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let plan = Plan::new(g);
+    let mut dx = want_dx.then(|| uninit_vec(g.n * g.cin * g.h * g.w));
+    let dx_ptr = dx.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
+    let w_len = w.len();
+    // Each worker accumulates the weight gradient of a contiguous run of chunks; runs are summed.
+    let workers = if plan.outer {
+        plan.threads.min(plan.chunks)
+    } else {
+        1
+    };
+    let run = |worker: usize| {
+        let mut dw = vec![0.0f32; w_len];
+        let (c0, c1) = (
+            worker * plan.chunks / workers,
+            (worker + 1) * plan.chunks / workers,
+        );
+        for c in c0..c1 {
+            let (b0, nb) = plan.chunk(c, g.n);
+            with_scratch(|s| {
+                backward_chunk(
+                    g,
+                    x,
+                    xv,
+                    w,
+                    dy,
+                    dyv,
+                    dx_ptr,
+                    &mut dw,
+                    b0,
+                    nb,
+                    plan.gemm_threads(),
+                    s,
+                )
+            });
+        }
+        dw
+    };
+    let dw = if workers > 1 {
+        (0..workers)
+            .into_par_iter()
+            .map(run)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .expect("at least one worker")
+    } else {
+        run(0)
+    };
+    (dx, dw)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_chunk(
+    g: &ConvGeom,
+    x: &[f32],
+    xv: &PlanarView,
+    w: &[f32],
+    dy: &[f32],
+    dyv: &PlanarView,
+    dx: Option<SendPtr>,
+    dw: &mut [f32],
+    b0: usize,
+    nb: usize,
+    threads: usize,
+    s: &mut Scratch,
+) {
+    let (p, cout_g, cin_g, k_g) = (g.p(), g.cout_g(), g.cin_g(), g.k_g());
+    let ld = nb * p;
+    let direct = nb == 1;
+    let Scratch { cols, stage } = s;
+
+    // Output gradient as a (Cout, nb·P) matrix: the image's planes themselves, or gathered.
+    let (dy_ptr, dy_rs) = if direct {
+        (dy[dyv.image(b0)..].as_ptr(), dyv.sc)
+    } else {
+        let staged = sized(stage, g.cout * ld);
+        for i in 0..nb {
+            let img = dyv.image(b0 + i);
+            for co in 0..g.cout {
+                staged[co * ld + i * p..co * ld + (i + 1) * p]
+                    .copy_from_slice(&dy[img + co * dyv.sc..img + co * dyv.sc + p]);
+            }
+        }
+        (staged.as_ptr(), ld)
+    };
+    let dy_g = |grp: usize| MatRef {
+        ptr: unsafe { dy_ptr.add(grp * cout_g * dy_rs) },
+        rs: dy_rs as isize,
+        cs: 1,
+    };
+
+    // Weight gradient: dW_g (Cout_g, K_g) += dY_g (Cout_g, nb·P) · cols_gᵀ (nb·P, K_g).
+    let pointwise_direct = direct && g.is_pointwise();
+    let (col_ptr, col_rs) = if pointwise_direct {
+        (x[xv.image(b0)..].as_ptr(), xv.sc)
+    } else {
+        let c = sized(cols, g.k_total() * ld);
+        for i in 0..nb {
+            im2col(g, &x[xv.image(b0 + i)..], xv.sc, g.cin, &mut c[i * p..], ld);
+        }
+        (c.as_ptr(), ld)
+    };
+    for grp in 0..g.groups {
+        let cols_t = MatRef::transposed(unsafe { col_ptr.add(grp * k_g * col_rs) }, col_rs);
+        let dst = MatMut::row_major(dw[grp * cout_g * k_g..].as_mut_ptr(), k_g);
+        unsafe { matmul(cout_g, k_g, ld, dst, true, dy_g(grp), cols_t, threads) };
+    }
+
+    // Input gradient: dcols_g (K_g, nb·P) = W_gᵀ (K_g, Cout_g) · dY_g, then col2im.
+    let Some(dx) = dx else { return };
+    let w_t = |grp: usize| MatRef::transposed(w[grp * cout_g * k_g..].as_ptr(), k_g);
+    let plane = g.h * g.w;
+    let dx_b0 = unsafe { dx.0.add(b0 * g.cin * plane) };
+    if pointwise_direct {
+        for grp in 0..g.groups {
+            let dst = MatMut::row_major(unsafe { dx_b0.add(grp * cin_g * plane) }, plane);
+            unsafe { matmul(cin_g, p, cout_g, dst, false, w_t(grp), dy_g(grp), threads) };
+        }
+        return;
+    }
+    let dcols = sized(cols, g.k_total() * ld);
+    for grp in 0..g.groups {
+        let dst = MatMut::row_major(dcols[grp * k_g * ld..].as_mut_ptr(), ld);
+        unsafe { matmul(k_g, ld, cout_g, dst, false, w_t(grp), dy_g(grp), threads) };
+    }
+    // SAFETY: this chunk's images are disjoint from every other chunk's.
+    let dx_chunk = unsafe { std::slice::from_raw_parts_mut(dx_b0, nb * g.cin * plane) };
+    dx_chunk.fill(0.0);
+    for i in 0..nb {
+        col2im(
+            g,
+            &dcols[i * p..],
+            ld,
+            g.cin,
+            &mut dx_chunk[i * g.cin * plane..(i + 1) * g.cin * plane],
+        );
+    }
+}
+
+/// conv2d through the custom op (CPU, f32).
+pub(crate) fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    ConvGeom::new(x.dims(), w.dims(), stride, padding, groups)?;
+    let x = if PlanarView::new(x.layout()).is_ok() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    let w = w.contiguous()?;
+    x.apply_op2(
+        &w,
+        Conv2dOp {
+            stride,
+            pad: padding,
+            groups,
+        },
+    )
+}
