@@ -84,15 +84,18 @@ impl Progress for NodeProgress {
             .load(std::sync::atomic::Ordering::Relaxed);
         self.bar.set_position((epoch * spe + step + 1) as u64);
         self.bar.set_message(format!(
-            "epoch {epoch} step {step} loss {loss:.4} {images_per_sec:.0} img/s"
+            "epoch {} step {} loss {loss:.4} {images_per_sec:.0} img/s",
+            epoch + 1,
+            step + 1
         ));
     }
 
     fn epoch(&self, epoch: usize, metrics: &BTreeMap<String, f64>) {
         let m: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.6}")).collect();
         let line = format!(
-            "{}: epoch {epoch} done ({:.1}s): {}",
+            "{}: epoch {} done ({:.1}s): {}",
             self.node,
+            epoch + 1,
             self.started.elapsed().as_secs_f64(),
             m.join(" ")
         );

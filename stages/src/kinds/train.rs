@@ -198,14 +198,14 @@ where
             state.series.entry(k.clone()).or_default().push(*v);
         }
         state.epoch = epoch + 1;
+        let shown: Vec<String> = means.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
         tracing::info!(
-            kind = spec.kind,
-            epoch = epoch + 1,
-            epochs = spec.epochs,
-            metrics = ?means,
-            images_per_sec = images as f64 / secs.max(1e-9),
-            secs,
-            "epoch done"
+            "{} epoch {}/{}: {} ({secs:.1} s, {:.0} img/s)",
+            spec.kind,
+            epoch + 1,
+            spec.epochs,
+            shown.join(" "),
+            images as f64 / secs.max(1e-9)
         );
         ctx.progress.epoch(epoch, &means);
         let due = ctx.checkpoint_every > 0 && state.epoch.is_multiple_of(ctx.checkpoint_every);
