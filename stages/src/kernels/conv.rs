@@ -14,8 +14,10 @@ use super::im2col::{col2im, im2col, ConvGeom};
 use super::scratch::{sized, with_scratch, Scratch};
 use super::storage::{uninit_vec, with_f32, PlanarView, SendPtr};
 
-/// Columns (output pixels) a chunk aims for: enough to keep GEMM in its efficient regime.
-const TARGET_COLS: usize = 1024;
+/// Columns (output pixels) a chunk aims for. Small chunks keep the column matrix cache-resident
+/// between im2col and GEMM: 256 trained ~15-30% faster than 1024 or 4096 in interleaved runs
+/// (small ResNet b256, ResNet-18 b64); 128 was no better than 256.
+const TARGET_COLS: usize = 256;
 /// Upper bound on one chunk's column matrix, in floats (16 MiB): bounds scratch memory per thread.
 const MAX_COL_FLOATS: usize = 4 << 20;
 
