@@ -285,12 +285,16 @@ fn kill_9_during_pretrain_resumes_to_the_uninterrupted_output() {
     // The resume dir of the running pretrain node holds `checkpoint.safetensors` once its first
     // epoch is done (written to a temp file and renamed, so it is complete when it appears).
     let resume = env.store.join("resume");
-    wait_for("a pretrain epoch checkpoint", Duration::from_secs(120), || {
-        std::fs::read_dir(&resume).ok().is_some_and(|d| {
-            d.flatten()
-                .any(|e| e.path().join("checkpoint.safetensors").exists())
-        })
-    });
+    wait_for(
+        "a pretrain epoch checkpoint",
+        Duration::from_secs(120),
+        || {
+            std::fs::read_dir(&resume).ok().is_some_and(|d| {
+                d.flatten()
+                    .any(|e| e.path().join("checkpoint.safetensors").exists())
+            })
+        },
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let states = env.states(&p, &[]);
@@ -303,7 +307,7 @@ fn kill_9_during_pretrain_resumes_to_the_uninterrupted_output() {
     assert_eq!(r.summary(), "semiflow: 2 nodes: 1 ran, 1 cached, 0 failed");
     let log = env.run(&["log", "pretrain"]).ok().stdout;
     assert!(
-        log.contains("resuming from epoch checkpoint"),
+        log.contains("resuming from checkpoint"),
         "the rerun did not resume:\n{log}"
     );
     assert_eq!(env.record("pretrain")["artifact"], want);
@@ -346,7 +350,10 @@ fn missing_dataset_root_names_the_key_and_the_path() {
     let r = env.run(&["run", &p]);
     assert_ne!(r.code, 0, "{}", r.stdout);
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.contains("root"), "the key is not named:\n{all}");
+    assert!(
+        all.contains("datasets.cifar.root"),
+        "the key is not named:\n{all}"
+    );
     assert!(
         all.contains(missing.to_str().unwrap()),
         "the path is not named:\n{all}"

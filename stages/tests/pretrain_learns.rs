@@ -3,7 +3,7 @@
 //! randomly initialized encoder of the same architecture, evaluated the same way.
 //!
 //! The `PRETRAIN_LEARNS_*` environment variables override the settings, for tuning:
-//! `EPOCHS`, `LR`, `TEMPERATURE`, `WIDTH`, `SEEDS` (comma-separated).
+//! `EPOCHS`, `LR`, `TEMPERATURE`, `WIDTH`, `BATCH`, `SEEDS` (comma-separated).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,12 +74,28 @@ fn knn_top1(model_dir: &Path, data_dir: &Path, out: &Path) -> f64 {
     r.metrics["knn_top1"]
 }
 
+/// The engine binary's CPU setup (see `src/main.rs` and `benches/speed.rs`): a fixed rayon pool
+/// size (unset, candle re-reads /proc/cpuinfo on every matmul) and mimalloc keeping freed pages
+/// mapped. Called before any rayon use; this file holds one test, so no other thread is running.
+fn cpu_setup() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    // `mi_option_purge_delay` is 15 in mimalloc.h (v2 and v3); libmimalloc-sys names no constant.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: plain option setter of the linked mimalloc.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 #[test]
 fn pretraining_beats_a_random_encoder_in_knn_accuracy() {
-    let epochs: usize = env_or("EPOCHS", 8);
+    cpu_setup();
+    let epochs: usize = env_or("EPOCHS", 15);
     let lr: f64 = env_or("LR", 1.0);
     let temperature: f64 = env_or("TEMPERATURE", 0.5);
-    let width: f64 = env_or("WIDTH", 0.25);
+    let width: f64 = env_or("WIDTH", 0.125);
+    let batch_size: usize = env_or("BATCH", 64);
     let seeds: Vec<u64> = std::env::var("PRETRAIN_LEARNS_SEEDS")
         .unwrap_or_else(|_| "0".into())
         .split(',')
@@ -103,7 +119,11 @@ fn pretraining_beats_a_random_encoder_in_knn_accuracy() {
             .unwrap()
             .save(&random_dir)
             .unwrap();
-        let random = knn_top1(&random_dir, &data_dir, &tmp.path().join(format!("eval_r{seed}")));
+        let random = knn_top1(
+            &random_dir,
+            &data_dir,
+            &tmp.path().join(format!("eval_r{seed}")),
+        );
 
         let pre_dir = tmp.path().join(format!("pretrain{seed}"));
         let started = std::time::Instant::now();
@@ -112,7 +132,7 @@ fn pretraining_beats_a_random_encoder_in_knn_accuracy() {
             serde_json::json!({
                 "model": model,
                 "epochs": epochs,
-                "batch_size": 64,
+                "batch_size": batch_size,
                 "lr": lr,
                 "temperature": temperature,
             }),
@@ -121,7 +141,11 @@ fn pretraining_beats_a_random_encoder_in_knn_accuracy() {
             seed,
         );
         let secs = started.elapsed().as_secs_f64();
-        let trained = knn_top1(&pre_dir, &data_dir, &tmp.path().join(format!("eval_p{seed}")));
+        let trained = knn_top1(
+            &pre_dir,
+            &data_dir,
+            &tmp.path().join(format!("eval_p{seed}")),
+        );
         eprintln!(
             "seed {seed}: kNN top-1 random {random:.3}, pretrained {trained:.3} \
              ({epochs} epochs in {secs:.1} s; loss series {:?})",
