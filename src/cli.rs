@@ -152,7 +152,13 @@ pub fn main() -> i32 {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Pipeline diagnostics already render as `error: file:line:col: ...`.
+            let msg = format!("{e:#}");
+            if msg.starts_with("error:") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("error: {msg}");
+            }
             1
         }
     }
