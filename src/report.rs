@@ -27,38 +27,44 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
     let mut md = format!("# {}\n\n", plan.name);
 
-    // Metrics table.
+    // Metrics: one row per (eval node, evaluated model), named by the model's node base name.
     let evals: Vec<&(usize, Record)> = latest
         .iter()
         .filter(|(_, r)| r.kind == "eval" || r.kind.ends_with("-eval"))
         .collect();
     let point_cols: Vec<String> = plan.sweep.iter().map(|(k, _)| k.clone()).collect();
-    let mut metric_cols: Vec<&String> = evals.iter().flat_map(|(_, r)| r.metrics.keys()).collect();
+    let rows: Vec<MethodRow> = evals
+        .iter()
+        .flat_map(|(i, r)| method_rows(plan, *i, r))
+        .collect();
+    let mut metric_cols: Vec<&String> = rows.iter().flat_map(|r| r.metrics.keys()).collect();
     metric_cols.sort();
     metric_cols.dedup();
     md.push_str("## Evaluation\n\n");
-    if evals.is_empty() {
+    if rows.is_empty() {
         md.push_str("No eval node has run yet.\n\n");
     } else {
-        let mut header = vec!["node".to_string()];
+        if let Some(pivot) = top1_pivot(plan, &rows) {
+            md.push_str(&pivot);
+        }
+        let mut header = vec!["method".to_string(), "model node".to_string()];
         header.extend(point_cols.iter().cloned());
         header.extend(metric_cols.iter().map(|s| s.to_string()));
         let _ = writeln!(md, "| {} |", header.join(" | "));
         let _ = writeln!(md, "|{}", "---|".repeat(header.len()));
-        for (i, r) in &evals {
-            let node = &plan.nodes[*i];
-            let mut cells = vec![r.node.clone()];
+        for row in &rows {
+            let mut cells = vec![row.method.clone(), row.model.clone()];
             for c in &point_cols {
                 cells.push(
-                    node.point
+                    row.point
                         .get(c)
-                        .map(|v| v.to_string())
+                        .map(render_value)
                         .unwrap_or_else(|| "-".into()),
                 );
             }
             for c in &metric_cols {
                 cells.push(
-                    r.metrics
+                    row.metrics
                         .get(*c)
                         .map(|v| format!("{v:.4}"))
                         .unwrap_or_else(|| "-".into()),
@@ -94,23 +100,15 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
 
     // Accuracy vs label fraction, one line per method.
     let mut methods: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for (i, r) in &evals {
-        let node = &plan.nodes[*i];
+    for row in &rows {
         let (Some(frac), Some(top1)) = (
-            node.point.get("label_fraction").and_then(|v| v.as_f64()),
-            r.metrics.get("top1"),
+            row.point.get("label_fraction").and_then(|v| v.as_f64()),
+            row.metrics.get("top1"),
         ) else {
             continue;
         };
-        let mut bases: Vec<&str> = node
-            .inputs
-            .values()
-            .flatten()
-            .map(|&j| plan.nodes[j].base.as_str())
-            .collect();
-        bases.dedup();
         methods
-            .entry(bases.join("+"))
+            .entry(row.method.clone())
             .or_default()
             .push((frac, *top1));
     }
@@ -139,6 +137,117 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     std::fs::write(out.join("report.md"), md)?;
     written.insert(0, "report.md".into());
     Ok(written)
+}
+
+/// One evaluated model inside an eval node's record.
+struct MethodRow {
+    /// Base name of the evaluated node (`finetune`), i.e. the method.
+    method: String,
+    /// Full name of the evaluated node (`finetune[label_fraction=0.01]`).
+    model: String,
+    /// Sweep point of the evaluated node.
+    point: BTreeMap<String, serde_json::Value>,
+    /// Its metrics with the eval kind's `model<i>.` prefix removed.
+    metrics: BTreeMap<String, f64>,
+}
+
+/// Split an eval record's metrics by evaluated model. The eval kind prefixes metrics with
+/// `model<i>.` when it evaluates several models; with one model they are unprefixed.
+fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> {
+    let models: &[usize] = plan.nodes[eval_idx]
+        .inputs
+        .get("models")
+        .map(|v| v.as_slice())
+        .unwrap_or(&[]);
+    let per_model = models.len() > 1 && record.metrics.keys().any(|k| k.starts_with("model0."));
+    if models.len() > 1 && !per_model || models.is_empty() {
+        // Metrics about the eval node as a whole (not split by model).
+        let node = &plan.nodes[eval_idx];
+        return vec![MethodRow {
+            method: node.base.clone(),
+            model: node.name.clone(),
+            point: node.point.clone(),
+            metrics: record.metrics.clone(),
+        }];
+    }
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let prefix = format!("model{i}.");
+            let metrics = if models.len() == 1 {
+                record.metrics.clone()
+            } else {
+                record
+                    .metrics
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), *v)))
+                    .collect()
+            };
+            let node = &plan.nodes[m];
+            MethodRow {
+                method: node.base.clone(),
+                model: node.name.clone(),
+                point: node.point.clone(),
+                metrics,
+            }
+        })
+        .collect()
+}
+
+/// The headline table: top-1 per method (rows) and label fraction (columns), when the pipeline
+/// sweeps `label_fraction`. Several values in one cell (e.g. seeds) show as mean ± std.
+fn top1_pivot(plan: &Plan, rows: &[MethodRow]) -> Option<String> {
+    let (_, fractions) = plan.sweep.iter().find(|(k, _)| k == "label_fraction")?;
+    let mut cells: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    for row in rows {
+        let (Some(f), Some(top1)) = (row.point.get("label_fraction"), row.metrics.get("top1"))
+        else {
+            continue;
+        };
+        cells
+            .entry(row.method.as_str())
+            .or_default()
+            .entry(render_value(f))
+            .or_default()
+            .push(*top1);
+    }
+    if cells.is_empty() {
+        return None;
+    }
+    let cols: Vec<String> = fractions.iter().map(render_value).collect();
+    let mut md = String::from("Top-1 accuracy by method and label fraction:\n\n| method |");
+    for c in &cols {
+        let _ = write!(md, " {c} |");
+    }
+    let _ = write!(md, "\n|---|{}\n", "---|".repeat(cols.len()));
+    for (method, by_frac) in &cells {
+        let _ = write!(md, "| {method} |");
+        for c in &cols {
+            let cell = match by_frac.get(c).map(|v| v.as_slice()) {
+                None | Some([]) => "-".to_string(),
+                Some([one]) => format!("{:.1}%", one * 100.0),
+                Some(vs) => {
+                    let n = vs.len() as f64;
+                    let mean = vs.iter().sum::<f64>() / n;
+                    let std =
+                        (vs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+                    format!("{:.1} ± {:.1}% (n={})", mean * 100.0, std * 100.0, vs.len())
+                }
+            };
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    Some(md)
+}
+
+fn render_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn sanitize(s: &str) -> String {
