@@ -115,7 +115,10 @@ impl CustomOp2 for Conv2dOp {
         } else {
             grad.contiguous()?
         };
+        // Frozen weights (a distillation teacher) and inputs that need no gradient (the images)
+        // skip their GEMMs; candle calls this whenever either operand tracks.
         let want_dx = x.track_op();
+        let want_dw = w.track_op();
         let (dx, dw) = with_f32(x, |xs, xl| {
             let xv = PlanarView::new(xl)?;
             with_f32(w, |ws, wl| {
@@ -124,15 +127,26 @@ impl CustomOp2 for Conv2dOp {
                 };
                 with_f32(&grad, |gs, gl| {
                     let gv = PlanarView::new(gl)?;
-                    Ok(backward(&g, xs, &xv, &ws[w0..w1], gs, &gv, want_dx))
+                    Ok(backward(
+                        &g,
+                        xs,
+                        &xv,
+                        &ws[w0..w1],
+                        gs,
+                        &gv,
+                        want_dx,
+                        want_dw,
+                    ))
                 })
             })
         })?;
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
             .transpose()?;
-        let dw = Tensor::from_vec(dw, w.dims(), w.device())?;
-        Ok((dx, Some(dw)))
+        let dw = dw
+            .map(|v| Tensor::from_vec(v, w.dims(), w.device()))
+            .transpose()?;
+        Ok((dx, dw))
     }
 }
 
@@ -222,7 +236,8 @@ fn forward_chunk(
     }
 }
 
-/// Returns (input gradient if `want_dx`, weight gradient).
+/// Returns (input gradient if `want_dx`, weight gradient if `want_dw`).
+#[allow(clippy::too_many_arguments)]
 fn backward(
     g: &ConvGeom,
     x: &[f32],
@@ -231,7 +246,8 @@ fn backward(
     dy: &[f32],
     dyv: &PlanarView,
     want_dx: bool,
-) -> (Option<Vec<f32>>, Vec<f32>) {
+    want_dw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let plan = Plan::new(g);
     let mut dx = want_dx.then(|| uninit_vec(g.n * g.cin * g.h * g.w));
     let dx_ptr = dx.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
@@ -243,7 +259,7 @@ fn backward(
         1
     };
     let run = |worker: usize| {
-        let mut dw = vec![0.0f32; w_len];
+        let mut dw = want_dw.then(|| vec![0.0f32; w_len]);
         let (c0, c1) = (
             worker * plan.chunks / workers,
             (worker + 1) * plan.chunks / workers,
@@ -259,7 +275,7 @@ fn backward(
                     dy,
                     dyv,
                     dx_ptr,
-                    &mut dw,
+                    dw.as_deref_mut(),
                     b0,
                     nb,
                     plan.gemm_threads(),
@@ -273,9 +289,11 @@ fn backward(
         (0..workers)
             .into_par_iter()
             .map(run)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
+            .reduce_with(|a, b| {
+                a.zip(b).map(|(mut a, b)| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                })
             })
             .expect("at least one worker")
     } else {
@@ -293,7 +311,7 @@ fn backward_chunk(
     dy: &[f32],
     dyv: &PlanarView,
     dx: Option<SendPtr>,
-    dw: &mut [f32],
+    dw: Option<&mut [f32]>,
     b0: usize,
     nb: usize,
     threads: usize,
@@ -326,19 +344,21 @@ fn backward_chunk(
 
     // Weight gradient: dW_g (Cout_g, K_g) += dY_g (Cout_g, nb·P) · cols_gᵀ (nb·P, K_g).
     let pointwise_direct = direct && g.is_pointwise();
-    let (col_ptr, col_rs) = if pointwise_direct {
-        (x[xv.image(b0)..].as_ptr(), xv.sc)
-    } else {
-        let c = sized(cols, g.k_total() * ld);
-        for i in 0..nb {
-            im2col(g, &x[xv.image(b0 + i)..], xv.sc, g.cin, &mut c[i * p..], ld);
+    if let Some(dw) = dw {
+        let (col_ptr, col_rs) = if pointwise_direct {
+            (x[xv.image(b0)..].as_ptr(), xv.sc)
+        } else {
+            let c = sized(cols, g.k_total() * ld);
+            for i in 0..nb {
+                im2col(g, &x[xv.image(b0 + i)..], xv.sc, g.cin, &mut c[i * p..], ld);
+            }
+            (c.as_ptr(), ld)
+        };
+        for grp in 0..g.groups {
+            let cols_t = MatRef::transposed(unsafe { col_ptr.add(grp * k_g * col_rs) }, col_rs);
+            let dst = MatMut::row_major(dw[grp * cout_g * k_g..].as_mut_ptr(), k_g);
+            unsafe { matmul(cout_g, k_g, ld, dst, true, dy_g(grp), cols_t, threads) };
         }
-        (c.as_ptr(), ld)
-    };
-    for grp in 0..g.groups {
-        let cols_t = MatRef::transposed(unsafe { col_ptr.add(grp * k_g * col_rs) }, col_rs);
-        let dst = MatMut::row_major(dw[grp * cout_g * k_g..].as_mut_ptr(), k_g);
-        unsafe { matmul(cout_g, k_g, ld, dst, true, dy_g(grp), cols_t, threads) };
     }
 
     // Input gradient: dcols_g (K_g, nb·P) = W_gᵀ (K_g, Cout_g) · dY_g, then col2im.
