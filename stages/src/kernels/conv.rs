@@ -119,24 +119,31 @@ impl CustomOp2 for Conv2dOp {
         // skip their GEMMs; candle calls this whenever either operand tracks.
         let want_dx = x.track_op();
         let want_dw = w.track_op();
+        let dx_geom = want_dx.then(|| input_grad_geom(&g)).flatten();
         let (dx, dw) = with_f32(x, |xs, xl| {
             let xv = PlanarView::new(xl)?;
             with_f32(w, |ws, wl| {
                 let Some((w0, w1)) = wl.contiguous_offsets() else {
                     candle_core::bail!("semiflow-conv2d: weight must be contiguous")
                 };
+                let ws = &ws[w0..w1];
                 with_f32(&grad, |gs, gl| {
                     let gv = PlanarView::new(gl)?;
-                    Ok(backward(
+                    let (dx, dw) = backward(
                         &g,
                         xs,
                         &xv,
-                        &ws[w0..w1],
+                        ws,
                         gs,
                         &gv,
-                        want_dx,
+                        want_dx && dx_geom.is_none(),
                         want_dw,
-                    ))
+                    );
+                    let dx = match &dx_geom {
+                        Some(dg) => Some(forward(dg, gs, &gv, &transpose_flip(&g, ws))),
+                        None => dx,
+                    };
+                    Ok((dx, dw))
                 })
             })
         })?;
@@ -234,6 +241,51 @@ fn forward_chunk(
             }
         }
     }
+}
+
+/// The geometry of the input gradient as a forward convolution, where that is the faster route.
+///
+/// With stride 1, dX is the stride-1 convolution of dY, padded by K−1−pad, with the weights
+/// transposed (Cin ↔ Cout within each group) and flipped in both spatial axes. Through the
+/// forward kernel the GEMM's inner dimension is Cout·KH·KW and it writes only the Cin·H·W result;
+/// the GEMM + col2im route has an inner dimension of only Cout (16 in narrow layers) and writes,
+/// then scatters back, a column matrix KH·KW times the input's size. 1×1 convolutions gain
+/// nothing (no column matrix either way) and keep the direct route.
+fn input_grad_geom(g: &ConvGeom) -> Option<ConvGeom> {
+    if g.stride != 1 || g.kh != g.kw || g.kh == 1 || g.pad >= g.kh {
+        return None;
+    }
+    let dg = ConvGeom::new(
+        &[g.n, g.cout, g.oh, g.ow],
+        &[g.cin, g.cout_g(), g.kh, g.kw],
+        1,
+        g.kh - 1 - g.pad,
+        g.groups,
+    )
+    .ok()?;
+    debug_assert_eq!((dg.oh, dg.ow), (g.h, g.w));
+    Some(dg)
+}
+
+/// Weights (Cout, Cin/groups, KH, KW) → (Cin, Cout/groups, KH, KW), transposed within each group
+/// and flipped spatially: the weights of the input gradient's convolution (see
+/// [`input_grad_geom`]).
+fn transpose_flip(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let (cin_g, cout_g, kk) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
+    let mut out = vec![0.0f32; w.len()];
+    for grp in 0..g.groups {
+        for co in 0..cout_g {
+            for ci in 0..cin_g {
+                let src = &w[((grp * cout_g + co) * cin_g + ci) * kk..][..kk];
+                let dst = &mut out[((grp * cin_g + ci) * cout_g + co) * kk..][..kk];
+                // Reversing ky·KW + kx flips both axes at once.
+                dst.iter_mut()
+                    .zip(src.iter().rev())
+                    .for_each(|(d, s)| *d = *s);
+            }
+        }
+    }
+    out
 }
 
 /// Returns (input gradient if `want_dx`, weight gradient if `want_dw`).
