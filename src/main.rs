@@ -14,5 +14,17 @@ fn main() {
             .unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    keep_freed_memory_mapped();
     std::process::exit(semiflow::cli::main());
+}
+
+/// Turns mimalloc's purging off, so freed memory stays mapped for reuse: otherwise every large op
+/// result page-faults fresh zeroed pages from the kernel (11k faults per small-ResNet training
+/// step, ~10% of its CPU time; bench/README.md). `MIMALLOC_PURGE_DELAY` in the environment would
+/// not do: mimalloc reads its variables before main runs.
+fn keep_freed_memory_mapped() {
+    // `mi_option_purge_delay` is 15 in mimalloc.h (v2 and v3); libmimalloc-sys names no constant.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: a plain option setter of the linked mimalloc; called before any other thread starts.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }

@@ -1,9 +1,11 @@
 //! CPU speed benchmark: fp32 GEMM peak, then images/s of an eval forward and of a full training
 //! step (forward + backward + SGD) for a small CIFAR ResNet and ResNet-18, built on
-//! `semiflow_stages::kernels`.
+//! `semiflow_stages::kernels`; the real SimCLR pretraining step (`model::Network`, two views,
+//! NT-Xent, LARS); augmentation throughput. Every step row shows its fraction of the GEMM peak.
 //!
 //! Run: `cargo bench -p semiflow-stages --bench speed`
-//! Filters (comma lists): `SEMIFLOW_BENCH=gemm,small,r18` picks sections,
+//! Filters (comma lists): `SEMIFLOW_BENCH=gemm,small,r18,pretrain,augment` picks sections
+//! (`pretrain` runs the models named alongside it, or both),
 //! `SEMIFLOW_BENCH_BATCH=64,256` picks batch sizes, `SEMIFLOW_BENCH_STEPS=5` sets timed steps.
 //! `bench/torch_step.py` prints the same table for PyTorch.
 
@@ -11,7 +13,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor, Var};
-use semiflow_stages::kernels;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use semiflow_stages::augment::AugmentCfg;
+use semiflow_stages::data::{loader, Images};
+use semiflow_stages::model::{ModelCfg, Network};
+use semiflow_stages::optim::{Lars, Optimizer};
+use semiflow_stages::{kernels, loss};
 
 // Candle allocates every op result; mimalloc keeps those allocations cheap, as in the engine binary.
 #[global_allocator]
@@ -122,22 +130,15 @@ struct ResNet {
 
 impl ResNet {
     fn new(widths: [usize; 4], dev: &Device) -> Result<Self> {
-        let mut side = 32usize;
-        let mut flops = 2.0 * (3 * widths[0] * 9 * side * side) as f64;
         let stem = ConvBn::new(3, widths[0], 3, 1, dev)?;
         let mut blocks = Vec::new();
         let mut cin = widths[0];
         for (stage, &cout) in widths.iter().enumerate() {
             for i in 0..2 {
                 let stride = if stage > 0 && i == 0 { 2 } else { 1 };
-                side /= stride;
                 let down = (stride != 1 || cin != cout)
                     .then(|| ConvBn::new(cin, cout, 1, stride, dev))
                     .transpose()?;
-                flops += 2.0 * ((cin * cout * 9 + cout * cout * 9) * side * side) as f64;
-                if down.is_some() {
-                    flops += 2.0 * (cin * cout * side * side) as f64;
-                }
                 blocks.push(BasicBlock {
                     c1: ConvBn::new(cin, cout, 3, stride, dev)?,
                     c2: ConvBn::new(cout, cout, 3, 1, dev)?,
@@ -146,7 +147,7 @@ impl ResNet {
                 cin = cout;
             }
         }
-        flops += 2.0 * (cin * CLASSES) as f64;
+        let flops = conv_flops(widths) + 2.0 * (cin * CLASSES) as f64;
         let bound = 1.0 / (cin as f64).sqrt();
         Ok(Self {
             stem,
@@ -191,6 +192,26 @@ impl ResNet {
         };
         Ok(candle_nn::Linear::new(w, Some(b)).forward(&pooled)?)
     }
+}
+
+/// Multiply-adds ×2 of the convolutions of one 32×32 image through the CIFAR ResNet with these
+/// group widths (two basic blocks per group, 1×1 projection shortcuts).
+fn conv_flops(widths: [usize; 4]) -> f64 {
+    let mut side = 32usize;
+    let mut flops = 2.0 * (3 * widths[0] * 9 * side * side) as f64;
+    let mut cin = widths[0];
+    for (stage, &cout) in widths.iter().enumerate() {
+        for i in 0..2 {
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            side /= stride;
+            flops += 2.0 * ((cin * cout * 9 + cout * cout * 9) * side * side) as f64;
+            if stride != 1 || cin != cout {
+                flops += 2.0 * (cin * cout * side * side) as f64;
+            }
+            cin = cout;
+        }
+    }
+    flops
 }
 
 /// SGD with momentum 0.9 and weight decay 5e-4 (PyTorch's formulation), on plain candle ops.
@@ -295,6 +316,73 @@ impl Config {
             .as_ref()
             .is_none_or(|s| s.iter().any(|x| x == section))
     }
+
+    /// The pretrain section runs the models named among the sections, or both if none is named.
+    fn wants_pretrain(&self, model: &str) -> bool {
+        let named = |m: &str| {
+            self.sections
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|x| x == m))
+        };
+        self.wants("pretrain") && (named(model) || !MODELS.iter().any(|(m, _)| named(m)))
+    }
+}
+
+/// The two benchmarked CIFAR ResNets: name and group widths.
+const MODELS: [(&str, [usize; 4]); 2] =
+    [("small", [16, 32, 64, 128]), ("r18", [64, 128, 256, 512])];
+
+/// Random 32×32 RGB images (augmentation cost does not depend on the pixel values).
+fn random_images(n: usize) -> Images {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    Images {
+        n,
+        h: 32,
+        w: 32,
+        c: 3,
+        pixels: (0..n * 32 * 32 * 3).map(|_| rng.gen()).collect(),
+        labels: vec![0; n],
+    }
+}
+
+/// One SimCLR pretraining step of the real model (`model::Network` with its 3-layer projection
+/// head): both augmented views in one forward pass, NT-Xent, backward, LARS. `views` = 2N rows.
+/// Returns (median seconds per step, forward GFLOP per view).
+fn pretrain_step(
+    widths: [usize; 4],
+    views: usize,
+    steps: usize,
+    dev: &Device,
+) -> Result<(f64, f64)> {
+    let model_cfg = ModelCfg {
+        depth: 18,
+        width: widths[0] as f64 / 64.0,
+        ..ModelCfg::default()
+    };
+    let net = Network::new_pretrain(&model_cfg, 32, 3, dev, 0)?;
+    let n = views / 2;
+    let images = random_images(n);
+    let ids: Vec<usize> = (0..n).collect();
+    let aug = AugmentCfg::simclr(0.5, false);
+    // Augmentation runs on the prefetch thread in training, so it stays out of the timed step
+    // (its throughput is its own section).
+    let v1 = loader::augment_batch(&images, &ids, &aug, 0, 0, 0, dev)?;
+    let v2 = loader::augment_batch(&images, &ids, &aug, 0, 0, 1, dev)?;
+    let x = Tensor::cat(&[&v1, &v2], 0)?;
+    let params = net.trainable();
+    let mut opt = Lars::new(0.9, 1e-6);
+    let secs = time_it(1, steps, || {
+        let z = net.project(&x, true)?;
+        let (loss, _) = loss::nt_xent(&z.narrow(0, 0, n)?, &z.narrow(0, n, n)?, 0.2)?;
+        let grads = loss.backward()?;
+        opt.step(&params, &grads, 0.1)?;
+        loss.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    // Head: Linear layers d→d, d→d, d→proj_dim on the encoder's d features.
+    let d = net.num_features();
+    let head = 2.0 * (2 * d * d + d * model_cfg.proj_dim) as f64;
+    Ok((secs, conv_flops(widths) + head))
 }
 
 fn main() -> Result<()> {
@@ -319,7 +407,10 @@ fn main() -> Result<()> {
         cfg.steps
     );
 
-    let peak = if cfg.wants("gemm") || cfg.wants("small") || cfg.wants("r18") {
+    let peak = if ["gemm", "small", "r18", "pretrain"]
+        .iter()
+        .any(|s| cfg.wants(s))
+    {
         let p = gemm_peak(&dev)?;
         println!("fp32 GEMM 1024^3: {p:.0} GFLOP/s\n");
         Some(p)
@@ -329,7 +420,7 @@ fn main() -> Result<()> {
 
     println!("| model | batch | mode | images/s | ms/step | GFLOP/s | % of GEMM peak |");
     println!("|---|---|---|---|---|---|---|");
-    for (name, widths) in [("small", [16, 32, 64, 128]), ("r18", [64, 128, 256, 512])] {
+    for (name, widths) in MODELS {
         if !cfg.wants(name) {
             continue;
         }
@@ -370,8 +461,44 @@ fn main() -> Result<()> {
             }
         }
     }
-    // Further sections (the pretrain step with two views + NT-Xent, augmentation throughput) hook in
-    // here once those modules exist: time them with `time_it`, gate them with `cfg.wants(..)`, and
-    // print rows in the same table format.
+    let gemm_frac =
+        |gflops: f64| peak.map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflops / p));
+    // SimCLR pretraining as the `pretrain` kind runs it; images/s counts views (2 per image).
+    let mut pretrain_rate: Option<f64> = None;
+    for (name, widths) in MODELS {
+        if !cfg.wants_pretrain(name) {
+            continue;
+        }
+        for &batch in &cfg.batches {
+            let (secs, flops) = pretrain_step(widths, batch, cfg.steps, &dev)?;
+            let rate = batch as f64 / secs;
+            let gflops = 3.0 * flops * rate / 1e9;
+            pretrain_rate = Some(pretrain_rate.map_or(rate, |r: f64| r.max(rate)));
+            println!(
+                "| {name} | {batch} views | pretrain (2 views, NT-Xent, LARS) | {rate:.1} | {:.1} | {gflops:.0} | {} |",
+                secs * 1e3,
+                gemm_frac(gflops)
+            );
+        }
+    }
+    // Augmentation on all threads, 32×32 RGB, batches of 256: it must outpace the training step
+    // (≥ 5×) so the prefetch thread never stalls it.
+    if cfg.wants("augment") {
+        println!(
+            "\n| augmentation (32×32, {threads} threads) | images/s | × fastest pretrain step |"
+        );
+        println!("|---|---|---|");
+        for (name, aug) in [
+            (
+                "SimCLR (strength 0.5, no blur)",
+                AugmentCfg::simclr(0.5, false),
+            ),
+            ("crop + flip", AugmentCfg::crop_flip()),
+        ] {
+            let rate = loader::bench_augment(4096, 32, 32, 3, &aug, 256);
+            let ratio = pretrain_rate.map_or("-".to_string(), |p| format!("{:.1}×", rate / p));
+            println!("| {name} | {rate:.0} | {ratio} |");
+        }
+    }
     Ok(())
 }

@@ -115,24 +115,45 @@ impl CustomOp2 for Conv2dOp {
         } else {
             grad.contiguous()?
         };
+        // Frozen weights (a distillation teacher) and inputs that need no gradient (the images)
+        // skip their GEMMs; candle calls this whenever either operand tracks.
         let want_dx = x.track_op();
+        let want_dw = w.track_op();
+        let dx_geom = want_dx.then(|| input_grad_geom(&g)).flatten();
         let (dx, dw) = with_f32(x, |xs, xl| {
             let xv = PlanarView::new(xl)?;
             with_f32(w, |ws, wl| {
                 let Some((w0, w1)) = wl.contiguous_offsets() else {
                     candle_core::bail!("semiflow-conv2d: weight must be contiguous")
                 };
+                let ws = &ws[w0..w1];
                 with_f32(&grad, |gs, gl| {
                     let gv = PlanarView::new(gl)?;
-                    Ok(backward(&g, xs, &xv, &ws[w0..w1], gs, &gv, want_dx))
+                    let (dx, dw) = backward(
+                        &g,
+                        xs,
+                        &xv,
+                        ws,
+                        gs,
+                        &gv,
+                        want_dx && dx_geom.is_none(),
+                        want_dw,
+                    );
+                    let dx = match &dx_geom {
+                        Some(dg) => Some(forward(dg, gs, &gv, &transpose_flip(&g, ws))),
+                        None => dx,
+                    };
+                    Ok((dx, dw))
                 })
             })
         })?;
         let dx = dx
             .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
             .transpose()?;
-        let dw = Tensor::from_vec(dw, w.dims(), w.device())?;
-        Ok((dx, Some(dw)))
+        let dw = dw
+            .map(|v| Tensor::from_vec(v, w.dims(), w.device()))
+            .transpose()?;
+        Ok((dx, dw))
     }
 }
 
@@ -222,7 +243,53 @@ fn forward_chunk(
     }
 }
 
-/// Returns (input gradient if `want_dx`, weight gradient).
+/// The geometry of the input gradient as a forward convolution, where that is the faster route.
+///
+/// With stride 1, dX is the stride-1 convolution of dY, padded by K−1−pad, with the weights
+/// transposed (Cin ↔ Cout within each group) and flipped in both spatial axes. Through the
+/// forward kernel the GEMM's inner dimension is Cout·KH·KW and it writes only the Cin·H·W result;
+/// the GEMM + col2im route has an inner dimension of only Cout (16 in narrow layers) and writes,
+/// then scatters back, a column matrix KH·KW times the input's size. 1×1 convolutions gain
+/// nothing (no column matrix either way) and keep the direct route.
+fn input_grad_geom(g: &ConvGeom) -> Option<ConvGeom> {
+    if g.stride != 1 || g.kh != g.kw || g.kh == 1 || g.pad >= g.kh {
+        return None;
+    }
+    let dg = ConvGeom::new(
+        &[g.n, g.cout, g.oh, g.ow],
+        &[g.cin, g.cout_g(), g.kh, g.kw],
+        1,
+        g.kh - 1 - g.pad,
+        g.groups,
+    )
+    .ok()?;
+    debug_assert_eq!((dg.oh, dg.ow), (g.h, g.w));
+    Some(dg)
+}
+
+/// Weights (Cout, Cin/groups, KH, KW) → (Cin, Cout/groups, KH, KW), transposed within each group
+/// and flipped spatially: the weights of the input gradient's convolution (see
+/// [`input_grad_geom`]).
+fn transpose_flip(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let (cin_g, cout_g, kk) = (g.cin_g(), g.cout_g(), g.kh * g.kw);
+    let mut out = vec![0.0f32; w.len()];
+    for grp in 0..g.groups {
+        for co in 0..cout_g {
+            for ci in 0..cin_g {
+                let src = &w[((grp * cout_g + co) * cin_g + ci) * kk..][..kk];
+                let dst = &mut out[((grp * cin_g + ci) * cout_g + co) * kk..][..kk];
+                // Reversing ky·KW + kx flips both axes at once.
+                dst.iter_mut()
+                    .zip(src.iter().rev())
+                    .for_each(|(d, s)| *d = *s);
+            }
+        }
+    }
+    out
+}
+
+/// Returns (input gradient if `want_dx`, weight gradient if `want_dw`).
+#[allow(clippy::too_many_arguments)]
 fn backward(
     g: &ConvGeom,
     x: &[f32],
@@ -231,7 +298,8 @@ fn backward(
     dy: &[f32],
     dyv: &PlanarView,
     want_dx: bool,
-) -> (Option<Vec<f32>>, Vec<f32>) {
+    want_dw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let plan = Plan::new(g);
     let mut dx = want_dx.then(|| uninit_vec(g.n * g.cin * g.h * g.w));
     let dx_ptr = dx.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
@@ -243,7 +311,7 @@ fn backward(
         1
     };
     let run = |worker: usize| {
-        let mut dw = vec![0.0f32; w_len];
+        let mut dw = want_dw.then(|| vec![0.0f32; w_len]);
         let (c0, c1) = (
             worker * plan.chunks / workers,
             (worker + 1) * plan.chunks / workers,
@@ -259,7 +327,7 @@ fn backward(
                     dy,
                     dyv,
                     dx_ptr,
-                    &mut dw,
+                    dw.as_deref_mut(),
                     b0,
                     nb,
                     plan.gemm_threads(),
@@ -273,9 +341,11 @@ fn backward(
         (0..workers)
             .into_par_iter()
             .map(run)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
+            .reduce_with(|a, b| {
+                a.zip(b).map(|(mut a, b)| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                })
             })
             .expect("at least one worker")
     } else {
@@ -293,7 +363,7 @@ fn backward_chunk(
     dy: &[f32],
     dyv: &PlanarView,
     dx: Option<SendPtr>,
-    dw: &mut [f32],
+    dw: Option<&mut [f32]>,
     b0: usize,
     nb: usize,
     threads: usize,
@@ -326,19 +396,21 @@ fn backward_chunk(
 
     // Weight gradient: dW_g (Cout_g, K_g) += dY_g (Cout_g, nb·P) · cols_gᵀ (nb·P, K_g).
     let pointwise_direct = direct && g.is_pointwise();
-    let (col_ptr, col_rs) = if pointwise_direct {
-        (x[xv.image(b0)..].as_ptr(), xv.sc)
-    } else {
-        let c = sized(cols, g.k_total() * ld);
-        for i in 0..nb {
-            im2col(g, &x[xv.image(b0 + i)..], xv.sc, g.cin, &mut c[i * p..], ld);
+    if let Some(dw) = dw {
+        let (col_ptr, col_rs) = if pointwise_direct {
+            (x[xv.image(b0)..].as_ptr(), xv.sc)
+        } else {
+            let c = sized(cols, g.k_total() * ld);
+            for i in 0..nb {
+                im2col(g, &x[xv.image(b0 + i)..], xv.sc, g.cin, &mut c[i * p..], ld);
+            }
+            (c.as_ptr(), ld)
+        };
+        for grp in 0..g.groups {
+            let cols_t = MatRef::transposed(unsafe { col_ptr.add(grp * k_g * col_rs) }, col_rs);
+            let dst = MatMut::row_major(dw[grp * cout_g * k_g..].as_mut_ptr(), k_g);
+            unsafe { matmul(cout_g, k_g, ld, dst, true, dy_g(grp), cols_t, threads) };
         }
-        (c.as_ptr(), ld)
-    };
-    for grp in 0..g.groups {
-        let cols_t = MatRef::transposed(unsafe { col_ptr.add(grp * k_g * col_rs) }, col_rs);
-        let dst = MatMut::row_major(dw[grp * cout_g * k_g..].as_mut_ptr(), k_g);
-        unsafe { matmul(cout_g, k_g, ld, dst, true, dy_g(grp), cols_t, threads) };
     }
 
     // Input gradient: dcols_g (K_g, nb·P) = W_gᵀ (K_g, Cout_g) · dY_g, then col2im.

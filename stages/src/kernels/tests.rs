@@ -178,6 +178,19 @@ fn conv_accepts_channel_sliced_input_and_untracked_input() -> Result<()> {
     let (gf, gr) = (grads_of(&fast, &r), grads_of(&refr, &r));
     assert!(gf.get(&img).is_none());
     assert_close("image-input dw", gf.get(&w).unwrap(), gr.get(&w).unwrap());
+
+    // A frozen weight (a distillation teacher's) gets no gradient, the input still does: 3×3 with
+    // several images per chunk, and the 1×1 path that multiplies the planes directly.
+    for (n, k, pad) in [(4, 3, 1), (1, 1, 0)] {
+        let x = Var::from_tensor(&random(&[n, 3, 6, 6], &mut rng))?;
+        let frozen = random(&[5, 3, k, k], &mut rng);
+        let fast = super::conv2d(&x, &frozen, 1, pad, 1)?;
+        let refr = reference::conv2d(&x, &frozen, 1, pad, 1)?;
+        let r = random(fast.dims(), &mut rng);
+        let (gf, gr) = (grads_of(&fast, &r), grads_of(&refr, &r));
+        assert!(gf.get(&frozen).is_none());
+        assert_close("frozen-weight dx", gf.get(&x).unwrap(), gr.get(&x).unwrap());
+    }
     Ok(())
 }
 

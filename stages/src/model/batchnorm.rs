@@ -50,11 +50,30 @@ impl BatchNorm {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        self.forward_with(x, None, train, relu)
+    }
+
+    /// `relu(bn(x) + residual)` in one kernel pass: the end of a residual block. Fusing saves
+    /// two full-size activations and their backward passes per block.
+    pub fn forward_add_relu(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(x, Some(residual), train, true)
+    }
+
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
         let gamma = use_var(&self.gamma, train);
         let beta = self.beta.as_ref().map(|b| use_var(b, train));
+        let beta = beta.as_ref();
         if train {
-            let (y, mean, var) =
-                kernels::batch_norm_train(x, &gamma, beta.as_ref(), self.eps, relu)?;
+            let (y, mean, var) = match residual {
+                Some(r) => kernels::batch_norm_add_relu_train(x, r, &gamma, beta, self.eps)?,
+                None => kernels::batch_norm_train(x, &gamma, beta, self.eps, relu)?,
+            };
             let m = self.momentum;
             for (slot, batch) in [(&self.running_mean, mean), (&self.running_var, var)] {
                 let mut r = lock(slot);
@@ -64,7 +83,12 @@ impl BatchNorm {
         } else {
             let mean = lock(&self.running_mean).clone();
             let var = lock(&self.running_var).clone();
-            kernels::batch_norm_eval(x, &gamma, beta.as_ref(), &mean, &var, self.eps, relu)
+            match residual {
+                Some(r) => {
+                    kernels::batch_norm_add_relu_eval(x, r, &gamma, beta, &mean, &var, self.eps)
+                }
+                None => kernels::batch_norm_eval(x, &gamma, beta, &mean, &var, self.eps, relu),
+            }
         }
     }
 }

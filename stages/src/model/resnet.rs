@@ -265,8 +265,8 @@ impl Block {
             Some(Mid::Sk(sk)) => y = sk.forward(&y, train)?,
             None => {}
         }
-        let y = self.last.forward(&y, train, false)?;
-        (y + shortcut)?.relu()
+        let y = self.last.conv.forward(&y, train)?;
+        self.last.bn.forward_add_relu(&y, &shortcut, train)
     }
 
     fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, Slot<'a>)) {
