@@ -4,6 +4,10 @@
 //! dispatch to fast custom ops (im2col/col2im + multithreaded GEMM, fused BatchNorm) wired into
 //! candle's autograd; on other devices (CUDA) or dtypes they fall back to candle's own ops
 //! ([`reference`]). Layout at this API is candle's NCHW.
+//!
+//! Any change here that alters results (even in the last bits) must bump the `version` of every
+//! kind that runs a model (pretrain, finetune, supervised, distill, eval), or stale cache entries
+//! would be reused.
 
 mod batchnorm;
 mod conv;

@@ -27,7 +27,8 @@ use crate::optim::{self, Optimizer, OptimizerKind, Param, Scaling};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "distill",
-    version: 1,
+    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    version: 2,
     summary: "distill a frozen teacher into a random-init student on all (unlabeled) train images",
     refs: &[
         RefSpec {

@@ -32,7 +32,8 @@ use crate::data::{Dataset, Images};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "eval",
-    version: 1,
+    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    version: 2,
     summary: "top-1/top-5, per-class accuracy and confusion of classifiers; kNN and linear-probe accuracy of pretrained encoders",
     refs: &[
         RefSpec {

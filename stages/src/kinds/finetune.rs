@@ -20,7 +20,8 @@ use crate::optim::{self, OptimizerKind, Scaling};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "finetune",
-    version: 1,
+    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    version: 2,
     summary: "fine-tune a pretrained network from a projection-head layer on the labeled split",
     refs: &[
         RefSpec {

@@ -24,7 +24,8 @@ use crate::optim::{self, Optimizer, OptimizerKind, Param, Scaling};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "pretrain",
-    version: 1,
+    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    version: 2,
     summary: "SimCLR contrastive pretraining (NT-Xent, LARS, optional MoCo-style memory)",
     refs: &[RefSpec {
         key: "data",
