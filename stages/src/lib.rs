@@ -14,6 +14,5 @@ pub mod loss;
 pub mod memory;
 pub mod model;
 pub mod optim;
-pub mod util;
 
 pub use api::{registry, KindSpec, Progress, RefSpec, RefTarget, RunCtx, StageOutput};
