@@ -17,7 +17,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::train::{self, Schedule, StepLoss, Trainer};
+use super::train::{self, StepLoss, Trainer};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
@@ -100,17 +100,7 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    fn schedule(&self) -> Schedule {
-        Schedule {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            lr_scaling: self.lr_scaling,
-            warmup_epochs: self.warmup_epochs,
-        }
-    }
-}
+train::impl_schedule!(Params);
 
 fn check(p: &Params) -> Result<(), ParamError> {
     let err = |path: &str, message: String| ParamError {

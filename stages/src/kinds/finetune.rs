@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::train::{self, ClassifierTrainer, Schedule};
+use super::train::{self, ClassifierTrainer};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::model::Network;
@@ -84,17 +84,7 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    fn schedule(&self) -> Schedule {
-        Schedule {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            lr_scaling: self.lr_scaling,
-            warmup_epochs: self.warmup_epochs,
-        }
-    }
-}
+train::impl_schedule!(Params);
 
 fn check(p: &Params) -> Result<(), ParamError> {
     train::check_schedule(&p.schedule(), p.momentum)?;

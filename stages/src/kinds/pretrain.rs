@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::train::{self, LoopSpec, Schedule, StepLoss, Trainer};
+use super::train::{self, LoopSpec, StepLoss, Trainer};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
@@ -104,17 +104,7 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    fn schedule(&self) -> Schedule {
-        Schedule {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            lr_scaling: self.lr_scaling,
-            warmup_epochs: self.warmup_epochs,
-        }
-    }
-}
+train::impl_schedule!(Params);
 
 fn check(p: &Params) -> Result<(), ParamError> {
     let err = |path: &str, message: String| ParamError {

@@ -237,3 +237,23 @@ where
     check(&p)?;
     Ok(value)
 }
+
+/// `fn schedule(&self) -> Schedule` for a training kind's params struct, which carries the schedule
+/// fields under the same names. (serde's `flatten` would share the fields themselves, but it cannot
+/// be combined with `deny_unknown_fields`, which gives the unknown-key errors.)
+macro_rules! impl_schedule {
+    ($params:ty) => {
+        impl $params {
+            fn schedule(&self) -> $crate::kinds::train::Schedule {
+                $crate::kinds::train::Schedule {
+                    epochs: self.epochs,
+                    batch_size: self.batch_size,
+                    lr: self.lr,
+                    lr_scaling: self.lr_scaling,
+                    warmup_epochs: self.warmup_epochs,
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_schedule;
