@@ -44,16 +44,29 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     if rows.is_empty() {
         md.push_str("No eval node has run yet.\n\n");
     } else {
-        if let Some(pivot) = top1_pivot(plan, &rows) {
-            md.push_str(&pivot);
+        let pivots = [
+            ("test", "Top-1 accuracy (test) by method and label fraction"),
+            (
+                "val",
+                "Top-1 accuracy on the validation holdout (train images never labeled; for choosing hyperparameters)",
+            ),
+        ];
+        for (split, title) in pivots {
+            if let Some(pivot) = top1_pivot(plan, &rows, split, title) {
+                md.push_str(&pivot);
+            }
         }
-        let mut header = vec!["method".to_string(), "model node".to_string()];
+        let mut header = vec![
+            "method".to_string(),
+            "model node".to_string(),
+            "split".to_string(),
+        ];
         header.extend(point_cols.iter().cloned());
         header.extend(metric_cols.iter().map(|s| s.to_string()));
         let _ = writeln!(md, "| {} |", header.join(" | "));
         let _ = writeln!(md, "|{}", "---|".repeat(header.len()));
         for row in &rows {
-            let mut cells = vec![row.method.clone(), row.model.clone()];
+            let mut cells = vec![row.method.clone(), row.model.clone(), row.split.clone()];
             for c in &point_cols {
                 cells.push(
                     row.point
@@ -75,34 +88,49 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
         md.push('\n');
     }
 
-    // Loss curves.
-    md.push_str("## Training loss\n\n");
-    for (_, r) in &latest {
-        let Some(loss) = r.series.get("loss").filter(|s| !s.is_empty()) else {
-            continue;
-        };
-        let file = format!("loss-{}.svg", sanitize(&r.node));
-        let pts: Vec<(f64, f64)> = loss
-            .iter()
-            .enumerate()
-            .map(|(e, v)| ((e + 1) as f64, *v))
-            .collect();
-        plot(
-            &out.join(&file),
-            &format!("{}: training loss", r.node),
-            "epoch",
-            "loss",
-            &[(r.node.clone(), pts)],
-        )?;
-        let _ = writeln!(md, "![{}]({file})\n", r.node);
-        written.push(file);
+    // Per-epoch curves: training loss of every training node, and the pretrain kNN monitor.
+    let curves = [
+        ("loss", "Training loss", "training loss", "loss"),
+        (
+            "knn_top1",
+            "kNN accuracy of the encoder per epoch (pretrain `knn_monitor`)",
+            "kNN top-1 per epoch",
+            "kNN top-1",
+        ),
+    ];
+    for (series, heading, title, y) in curves {
+        let mut section = String::new();
+        for (_, r) in &latest {
+            let Some(vals) = r.series.get(series).filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let file = format!("{}-{}.svg", sanitize(series), sanitize(&r.node));
+            let pts: Vec<(f64, f64)> = vals
+                .iter()
+                .enumerate()
+                .map(|(e, v)| ((e + 1) as f64, *v))
+                .collect();
+            plot(
+                &out.join(&file),
+                &format!("{}: {title}", r.node),
+                "epoch",
+                y,
+                &[(r.node.clone(), pts)],
+            )?;
+            let _ = writeln!(section, "![{}]({file})\n", r.node);
+            written.push(file);
+        }
+        if !section.is_empty() || series == "loss" {
+            let _ = writeln!(md, "## {heading}\n");
+            md.push_str(&section);
+        }
     }
 
     // Accuracy vs label fraction, one line per method.
     let mut methods: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for row in &rows {
+    for row in rows.iter().filter(|r| r.split == "test") {
         let (Some(frac), Some(top1)) = (
-            row.point.get("label_fraction").and_then(|v| v.as_f64()),
+            row.fraction.as_ref().and_then(|v| v.as_f64()),
             row.metrics.get("top1"),
         ) else {
             continue;
@@ -149,11 +177,37 @@ struct MethodRow {
     point: BTreeMap<String, serde_json::Value>,
     /// Its metrics with the eval kind's `model<i>.` prefix removed.
     metrics: BTreeMap<String, f64>,
+    /// The label fraction it was trained with: its sweep point's, or that of the split its labels
+    /// (or its teacher's labels) came from, so unswept 1%-only variants land in the 1% column.
+    fraction: Option<serde_json::Value>,
+    /// The eval's `split` parameter: "test" (the default), "val" or "train".
+    split: String,
+}
+
+/// See [`MethodRow::fraction`].
+fn label_fraction(plan: &Plan, idx: usize) -> Option<serde_json::Value> {
+    let node = &plan.nodes[idx];
+    if let Some(v) = node.point.get("label_fraction") {
+        return Some(v.clone());
+    }
+    if node.kind == "split" {
+        return node.params.get("fraction").cloned();
+    }
+    ["labels", "teacher"]
+        .iter()
+        .filter_map(|role| node.inputs.get(*role).and_then(|v| v.first()))
+        .find_map(|&j| label_fraction(plan, j))
 }
 
 /// Split an eval record's metrics by evaluated model. The eval kind prefixes metrics with
 /// `model<i>.` when it evaluates several models; with one model they are unprefixed.
 fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> {
+    let split = record
+        .params
+        .get("split")
+        .and_then(|v| v.as_str())
+        .unwrap_or("test")
+        .to_string();
     let models: &[usize] = plan.nodes[eval_idx]
         .inputs
         .get("models")
@@ -168,6 +222,8 @@ fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> 
             model: node.name.clone(),
             point: node.point.clone(),
             metrics: record.metrics.clone(),
+            fraction: label_fraction(plan, eval_idx),
+            split,
         }];
     }
     models
@@ -190,6 +246,8 @@ fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> 
                 model: node.name.clone(),
                 point: node.point.clone(),
                 metrics,
+                fraction: label_fraction(plan, m),
+                split: split.clone(),
             }
         })
         .collect()
@@ -197,12 +255,13 @@ fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> 
 
 /// The headline table: top-1 per method (rows) and label fraction (columns), when the pipeline
 /// sweeps `label_fraction`. Several values in one cell (e.g. seeds) show as mean ± std.
-fn top1_pivot(plan: &Plan, rows: &[MethodRow]) -> Option<String> {
+fn top1_pivot(plan: &Plan, rows: &[MethodRow], split: &str, title: &str) -> Option<String> {
     let (_, fractions) = plan.sweep.iter().find(|(k, _)| k == "label_fraction")?;
-    let mut cells: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    for row in rows {
-        let (Some(f), Some(top1)) = (row.point.get("label_fraction"), row.metrics.get("top1"))
-        else {
+    // method → fraction → model node → top-1: a model that several eval nodes score (an unswept
+    // model inside a swept eval) counts once; distinct models in a cell (seeds) give mean ± std.
+    let mut cells: BTreeMap<&str, BTreeMap<String, BTreeMap<&str, f64>>> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.split == split) {
+        let (Some(f), Some(top1)) = (&row.fraction, row.metrics.get("top1")) else {
             continue;
         };
         cells
@@ -210,13 +269,13 @@ fn top1_pivot(plan: &Plan, rows: &[MethodRow]) -> Option<String> {
             .or_default()
             .entry(render_value(f))
             .or_default()
-            .push(*top1);
+            .insert(row.model.as_str(), *top1);
     }
     if cells.is_empty() {
         return None;
     }
     let cols: Vec<String> = fractions.iter().map(render_value).collect();
-    let mut md = String::from("Top-1 accuracy by method and label fraction:\n\n| method |");
+    let mut md = format!("{title}:\n\n| method |");
     for c in &cols {
         let _ = write!(md, " {c} |");
     }
@@ -224,10 +283,14 @@ fn top1_pivot(plan: &Plan, rows: &[MethodRow]) -> Option<String> {
     for (method, by_frac) in &cells {
         let _ = write!(md, "| {method} |");
         for c in &cols {
-            let cell = match by_frac.get(c).map(|v| v.as_slice()) {
-                None | Some([]) => "-".to_string(),
-                Some([one]) => format!("{:.1}%", one * 100.0),
-                Some(vs) => {
+            let vals: Vec<f64> = by_frac
+                .get(c)
+                .map(|m| m.values().copied().collect())
+                .unwrap_or_default();
+            let cell = match vals.as_slice() {
+                [] => "-".to_string(),
+                [one] => format!("{:.1}%", one * 100.0),
+                vs => {
                     let n = vs.len() as f64;
                     let mean = vs.iter().sum::<f64>() / n;
                     let std =

@@ -36,6 +36,7 @@ data = "cifar"
 model = {{ depth = 10, width = 0.125 }}
 epochs = 1
 batch_size = 64
+knn_monitor = {{ queries = 50, bank = 200, k = 20 }}
 
 [nodes.finetune]
 kind = "finetune"
@@ -224,6 +225,13 @@ fn full_recipe_runs_caches_reruns_what_changed_and_audits() {
     }
     // The summary table shows them too.
     assert!(first.stdout.contains("model0.top1"), "{}", first.stdout);
+    // The pretrain kNN monitor: one value per epoch, plotted by the report.
+    let knn = &env.record("pretrain")["series"]["knn_top1"];
+    assert_eq!(knn.as_array().map(|a| a.len()), Some(1), "{knn}");
+    let out = env.dir.path().join("report");
+    env.run(&["report", &p, "--out", out.to_str().unwrap()]).ok();
+    let svg = std::fs::read_to_string(out.join("knn_top1-pretrain.svg")).unwrap();
+    assert!(svg.contains("<polyline") || svg.contains("<circle"), "{svg}");
 
     let again = env.run(&["run", &p]).ok();
     assert_eq!(
@@ -358,4 +366,111 @@ fn missing_dataset_root_names_the_key_and_the_path() {
         all.contains(missing.to_str().unwrap()),
         "the path is not named:\n{all}"
     );
+}
+
+/// A label-fraction sweep with a validation holdout, a 1%-style variant that is not swept, and
+/// evals on test and on the holdout: the report puts the variant in its fraction's column and
+/// keeps validation numbers out of the test table.
+#[test]
+fn validation_holdout_eval_and_report_tables() {
+    let env = Env::new();
+    let p = env.write(
+        "val.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "e2e-val"
+seed = 0
+
+[datasets.cifar]
+format = "image-folder"
+root = "{root}"
+
+[sweep]
+label_fraction = [0.1, 0.2]
+
+[nodes.split]
+kind = "split"
+data = "cifar"
+fraction = "${{sweep.label_fraction}}"
+holdout = 0.2
+
+[nodes.split_low]
+kind = "split"
+data = "cifar"
+fraction = 0.1
+holdout = 0.2
+
+[nodes.sup]
+kind = "supervised"
+labels = "split"
+data = "cifar"
+model = {{ depth = 10, width = 0.125 }}
+epochs = 1
+batch_size = 32
+
+[nodes.sup_low]
+kind = "supervised"
+labels = "split_low"
+data = "cifar"
+model = {{ depth = 10, width = 0.125 }}
+epochs = 1
+batch_size = 32
+
+[nodes.eval]
+kind = "eval"
+data = "cifar"
+models = ["sup", "sup_low"]
+
+[nodes.eval_val]
+kind = "eval"
+data = "cifar"
+models = ["sup"]
+split = "val"
+holdout = "split"
+"#,
+            root = data_root().display()
+        ),
+    );
+    env.run(&["run", &p]).ok();
+    // The unswept split has the same key as split[label_fraction=0.1]: stored once.
+    assert_eq!(
+        env.record("split_low")["key"],
+        env.record("split[label_fraction=0.1]")["key"]
+    );
+    let val = env.record("eval_val[label_fraction=0.1]");
+    // 300 train images, 30 per class: a 20% holdout is 6 per class.
+    assert_eq!(val["details"]["n"], 60, "{val}");
+    assert_eq!(val["details"]["split"], "val");
+    let out = env.dir.path().join("report");
+    env.run(&["report", &p, "--out", out.to_str().unwrap()])
+        .ok();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let test_table = md
+        .split("Top-1 accuracy (test)")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").nth(1))
+        .unwrap_or_else(|| panic!("no test table:\n{md}"));
+    let sup_low = test_table
+        .lines()
+        .find(|l| l.starts_with("| sup_low |"))
+        .unwrap_or_else(|| panic!("no sup_low row:\n{md}"));
+    assert!(sup_low.ends_with("% | - |"), "{sup_low}");
+    let val_table = md
+        .split("Top-1 accuracy on the validation holdout")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").nth(1))
+        .unwrap_or_else(|| panic!("no validation table:\n{md}"));
+    assert!(val_table.contains("| sup |"), "{md}");
+    assert!(!val_table.contains("| sup_low |"), "{md}");
+    // A val eval without a holdout reference is refused with what to set.
+    let bad = env.write(
+        "bad.toml",
+        &std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("holdout = \"split\"\n", ""),
+    );
+    let r = env.run(&["run", &bad]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("holdout"), "{}", r.stderr);
 }

@@ -255,8 +255,8 @@ mod tests {
                         for ow in 0..g.ow {
                             let ih = (oh * g.stride + i) as isize - g.pad as isize;
                             let iw = (ow * g.stride + j) as isize - g.pad as isize;
-                            let inside = (0..g.h as isize).contains(&ih)
-                                && (0..g.w as isize).contains(&iw);
+                            let inside =
+                                (0..g.h as isize).contains(&ih) && (0..g.w as isize).contains(&iw);
                             cols[r * g.p() + oh * g.ow + ow] = if inside {
                                 x[c * g.h * g.w + ih as usize * g.w + iw as usize]
                             } else {
@@ -289,7 +289,12 @@ mod tests {
             let x: Vec<f32> = (0..c * h * w).map(|v| v as f32 + 1.0).collect();
             let mut cols = vec![f32::NAN; g.k_total() * g.p()];
             im2col(&g, &x, h * w, c, &mut cols, g.p());
-            assert_eq!(cols, reference(&g, &x), "case {:?}", (c, h, w, k, stride, pad));
+            assert_eq!(
+                cols,
+                reference(&g, &x),
+                "case {:?}",
+                (c, h, w, k, stride, pad)
+            );
         }
     }
 }

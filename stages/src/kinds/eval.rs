@@ -14,9 +14,11 @@
 //! Details: `{"split", "models": [{"index", "kind", "metrics", "per_class_accuracy",
 //! "confusion", ...}]}`, also written to `eval.json` in the output directory.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -28,12 +30,15 @@ use crate::knn::knn_scores;
 use crate::model::{read_sidecar, Network};
 
 use crate::data::loader::to_tensor;
+use crate::data::split::load_ids;
 use crate::data::{Dataset, Images};
+use crate::kinds::split::VAL_FILE;
 
 pub const SPEC: KindSpec = KindSpec {
     name: "eval",
     // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
-    version: 2,
+    // v3: the "val" split; details record the number of scored images.
+    version: 3,
     summary: "top-1/top-5, per-class accuracy and confusion of classifiers; kNN and linear-probe accuracy of pretrained encoders",
     refs: &[
         RefSpec {
@@ -49,6 +54,13 @@ pub const SPEC: KindSpec = KindSpec {
             target: RefTarget::Dataset,
             many: false,
             required: true,
+        },
+        RefSpec {
+            key: "holdout",
+            role: "holdout",
+            target: RefTarget::Node(&["split"]),
+            many: false,
+            required: false,
         },
     ],
     trains: false,
@@ -67,8 +79,11 @@ pub struct EvalParams {
     pub knn_temperature: f64,
     /// Epochs of linear-probe training on frozen features (pretrain checkpoints); 0 = no probe.
     pub linear_probe_epochs: usize,
-    /// Split to evaluate: "test" or "train". (kNN on "train" queries the bank it was built from,
-    /// so each image finds itself: a fit measure, not held-out accuracy.)
+    /// Split to evaluate: "test", "train", or "val": the validation ids (`val.txt`) of the split
+    /// node named by `holdout` (a `split` with `holdout` set), for choosing hyperparameters
+    /// without touching test. (kNN on "train" queries the bank it was built from, so each image
+    /// finds itself: a fit measure, not held-out accuracy; on "val" the bank leaves the
+    /// validation images out.)
     pub split: String,
 }
 
@@ -100,8 +115,11 @@ fn resolve_params(raw: &serde_json::Value) -> Result<serde_json::Value, ParamErr
     if !(p.knn_temperature.is_finite() && p.knn_temperature > 0.0) {
         return Err(err("knn_temperature", "must be a positive number"));
     }
-    if p.split != "test" && p.split != "train" {
-        return Err(err("split", "must be \"test\" or \"train\""));
+    if !["test", "train", "val"].contains(&p.split.as_str()) {
+        return Err(err(
+            "split",
+            "must be \"test\", \"train\" or \"val\" (with `holdout` naming a split node)",
+        ));
     }
     Ok(v)
 }
@@ -128,6 +146,7 @@ fn run(ctx: &RunCtx) -> Result<StageOutput> {
         .get("models")
         .filter(|v| !v.is_empty())
         .context("eval needs at least one model in `models`")?;
+    let parts = Parts::new(&dataset, &params.split, ctx.inputs.get("holdout"))?;
     let device = device()?;
     let mut reports = Vec::with_capacity(model_dirs.len());
     for (i, dir) in model_dirs.iter().enumerate() {
@@ -140,9 +159,9 @@ fn run(ctx: &RunCtx) -> Result<StageOutput> {
         let sidecar = read_sidecar(dir)?;
         let net = Network::load(dir, &device)?;
         let report = if sidecar.classifier.is_some() {
-            evaluate_classifier(&net, &dataset, &params, ctx)
+            evaluate_classifier(&net, &dataset, &parts, &params, ctx)
         } else {
-            evaluate_encoder(&net, &dataset, &params, ctx.seed, ctx)
+            evaluate_encoder(&net, &dataset, &parts, &params, ctx.seed, ctx)
         }
         .with_context(|| format!("evaluating the model in {}", dir.display()))?;
         reports.push(report);
@@ -164,7 +183,8 @@ fn run(ctx: &RunCtx) -> Result<StageOutput> {
         d["metrics"] = json!(r.metrics);
         details.push(d);
     }
-    let details = json!({ "split": params.split, "classes": dataset.classes, "models": details });
+    let details = json!({ "split": params.split, "n": parts.queries.n,
+                          "classes": dataset.classes, "models": details });
     let path = ctx.out_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_string_pretty(&details)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
@@ -182,11 +202,54 @@ pub struct ModelReport {
     pub details: serde_json::Value,
 }
 
-fn split<'a>(dataset: &'a Dataset, name: &str) -> &'a Images {
-    if name == "train" {
-        &dataset.train
-    } else {
-        &dataset.test
+/// The images an eval scores (`queries`) and the labeled images a kNN vote draws on (`bank`).
+struct Parts<'a> {
+    queries: Cow<'a, Images>,
+    bank: Cow<'a, Images>,
+}
+
+impl<'a> Parts<'a> {
+    fn new(dataset: &'a Dataset, split: &str, holdout: Option<&Vec<PathBuf>>) -> Result<Self> {
+        let holdout = holdout.and_then(|v| v.first());
+        match split {
+            "train" | "test" => {
+                let queries = if split == "train" {
+                    &dataset.train
+                } else {
+                    &dataset.test
+                };
+                Ok(Parts {
+                    queries: Cow::Borrowed(queries),
+                    bank: Cow::Borrowed(&dataset.train),
+                })
+            }
+            "val" => {
+                let dir = holdout.context(
+                    "split = \"val\" needs `holdout = \"<node>\"` naming a split node that sets `holdout`",
+                )?;
+                ensure!(
+                    dir.join(VAL_FILE).exists(),
+                    "split = \"val\": the split in {} has no {VAL_FILE}; set `holdout = 0.1` (say) on that split node",
+                    dir.display()
+                );
+                let val = load_ids(dir, VAL_FILE)?;
+                let n = dataset.train.n;
+                if let Some(&bad) = val.iter().find(|&&i| i >= n) {
+                    bail!(
+                        "{VAL_FILE} in {} names train image {bad}, but the dataset has {n}",
+                        dir.display()
+                    );
+                }
+                let mut in_val = vec![false; n];
+                val.iter().for_each(|&i| in_val[i] = true);
+                let rest: Vec<usize> = (0..n).filter(|&i| !in_val[i]).collect();
+                Ok(Parts {
+                    queries: Cow::Owned(dataset.train.select(&val)),
+                    bank: Cow::Owned(dataset.train.select(&rest)),
+                })
+            }
+            other => bail!("unknown eval split {other:?}"),
+        }
     }
 }
 
@@ -240,6 +303,7 @@ pub fn extract(
 fn evaluate_classifier(
     net: &Network,
     dataset: &Dataset,
+    parts: &Parts,
     params: &EvalParams,
     ctx: &RunCtx,
 ) -> Result<ModelReport> {
@@ -249,7 +313,7 @@ fn evaluate_classifier(
         "the classifier has {} outputs but the dataset has {num_classes} classes",
         net.num_classes().unwrap_or(0)
     );
-    let images = split(dataset, &params.split);
+    let images = parts.queries.as_ref();
     let (_, logits) = extract(net, images, params.batch_size, Some(ctx))?;
     let logits = logits.context("classifier produced no logits")?;
     let scores = logits
@@ -276,17 +340,18 @@ fn evaluate_classifier(
 fn evaluate_encoder(
     net: &Network,
     dataset: &Dataset,
+    parts: &Parts,
     params: &EvalParams,
     seed: u64,
     ctx: &RunCtx,
 ) -> Result<ModelReport> {
     let num_classes = dataset.classes.len();
-    let images = split(dataset, &params.split);
-    let (bank, _) = extract(net, &dataset.train, params.batch_size, Some(ctx))?;
+    let (images, bank_images) = (parts.queries.as_ref(), parts.bank.as_ref());
+    let (bank, _) = extract(net, bank_images, params.batch_size, Some(ctx))?;
     let (queries, _) = extract(net, images, params.batch_size, Some(ctx))?;
     let scores = knn_scores(
         &bank,
-        &dataset.train.labels,
+        &bank_images.labels,
         &queries,
         num_classes,
         params.knn_k,
@@ -311,7 +376,7 @@ fn evaluate_encoder(
             seed,
             ..Default::default()
         };
-        let scores = probe.fit_predict(&bank, &dataset.train.labels, &queries, num_classes)?;
+        let scores = probe.fit_predict(&bank, &bank_images.labels, &queries, num_classes)?;
         let p = ClassScores::new(&scores, &images.labels, num_classes)?;
         metrics.insert("probe_top1".into(), p.topk_accuracy(1));
         metrics.insert("probe_top5".into(), p.topk_accuracy(5));
@@ -518,7 +583,9 @@ mod tests {
             "knn_k"
         );
         assert_eq!(
-            resolve_params(&json!({"split": "val"})).unwrap_err().path,
+            resolve_params(&json!({"split": "validation"}))
+                .unwrap_err()
+                .path,
             "split"
         );
         assert!(resolve_params(&json!({"k": 3})).is_err());
@@ -646,16 +713,42 @@ mod tests {
             progress: &crate::api::NoProgress,
             cancel: &cancel,
         };
+        let parts = Parts::new(&data, "test", None).unwrap();
         let enc = Network::new_pretrain(&cfg, 8, 3, &d, 0).unwrap();
-        let r = evaluate_encoder(&enc, &data, &params, 0, &ctx).unwrap();
+        let r = evaluate_encoder(&enc, &data, &parts, &params, 0, &ctx).unwrap();
         assert_eq!(r.metrics["knn_top1"], 1.0, "{:?}", r.metrics);
         assert_eq!(r.metrics["probe_top1"], 1.0, "{:?}", r.metrics);
         let clf = Network::new_classifier(&cfg, 8, 3, 2, 1, &d, 0).unwrap();
-        let r = evaluate_classifier(&clf, &data, &params, &ctx).unwrap();
+        let r = evaluate_classifier(&clf, &data, &parts, &params, &ctx).unwrap();
         // Zero-initialized classifier: all logits tie, everything is predicted as class 0.
         assert_eq!(r.metrics["top1"], 0.5);
         assert_eq!(r.details["confusion"], json!([[3, 0], [3, 0]]));
         let wrong = Network::new_classifier(&cfg, 8, 3, 5, 1, &d, 0).unwrap();
-        assert!(evaluate_classifier(&wrong, &data, &params, &ctx).is_err());
+        assert!(evaluate_classifier(&wrong, &data, &parts, &params, &ctx).is_err());
+    }
+
+    #[test]
+    fn val_split_scores_the_holdout_and_leaves_it_out_of_the_knn_bank() {
+        let data = toy_dataset(8, 6);
+        let n = data.train.n;
+        let dir = tempfile::tempdir().unwrap();
+        let holdout = vec![dir.path().to_path_buf()];
+        // No holdout node, or a split without val.txt: errors that say what to set.
+        let e = Parts::new(&data, "val", None).err().unwrap().to_string();
+        assert!(e.contains("holdout"), "{e}");
+        let e = Parts::new(&data, "val", Some(&holdout))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("val.txt"), "{e}");
+        std::fs::write(dir.path().join(VAL_FILE), "1\n4\n").unwrap();
+        let parts = Parts::new(&data, "val", Some(&holdout)).unwrap();
+        assert_eq!(parts.queries.as_ref(), &data.train.select(&[1, 4]));
+        let rest: Vec<usize> = (0..n).filter(|i| ![1, 4].contains(i)).collect();
+        assert_eq!(parts.bank.as_ref(), &data.train.select(&rest));
+        std::fs::write(dir.path().join(VAL_FILE), format!("{n}\n")).unwrap();
+        assert!(Parts::new(&data, "val", Some(&holdout)).is_err());
+        let test = Parts::new(&data, "test", None).unwrap();
+        assert_eq!(test.queries.as_ref(), &data.test);
     }
 }

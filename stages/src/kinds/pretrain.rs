@@ -2,7 +2,10 @@
 //! augmented views, LARS, warmup + cosine), optionally with SimCLRv2's MoCo-style memory.
 //!
 //! Input: `data` (dataset). Output: the network checkpoint (`Network::save`: encoder + full head).
-//! Metrics: final `loss`, `contrastive_acc`; series: both per epoch.
+//! Metrics: final `loss`, `contrastive_acc`; series: both per epoch, and with `knn_monitor`
+//! `knn_top1` per epoch: the encoder's kNN accuracy on a fixed random subset of train images
+//! against a disjoint subset as the bank (train labels, read only for this report; test is
+//! never touched), like solo-learn's online kNN.
 //!
 //! Defaults follow SimCLR's CIFAR-10 setting (paper appendix B.9): LARS, lr 1.0 × B/256,
 //! weight decay 1e-6, temperature 0.5, colour-jitter strength 0.5, no blur. The reference README's
@@ -17,6 +20,9 @@ use super::train::{self, LoopSpec, StepLoss, Trainer};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
+use crate::data::Images;
+use crate::kinds::eval::{extract, ClassScores};
+use crate::knn::knn_scores;
 use crate::loss::nt_xent_with_memory;
 use crate::memory::Memory;
 use crate::model::{ModelCfg, Network};
@@ -63,6 +69,37 @@ pub struct Params {
     /// Gaussian blur (SimCLR uses it on ImageNet, not on CIFAR).
     pub blur: bool,
     pub memory: MemoryParams,
+    /// Per-epoch kNN accuracy monitor; off unless `queries` > 0 (and then absent from the key
+    /// when off, so enabling it is the only change to existing keys).
+    #[serde(skip_serializing_if = "KnnMonitor::is_off")]
+    pub knn_monitor: KnnMonitor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnnMonitor {
+    /// Train images scored after each epoch (0 = no monitor).
+    pub queries: usize,
+    /// Other train images whose features and labels form the kNN bank.
+    pub bank: usize,
+    /// Neighbours that vote (weighted by exp(similarity / 0.1)).
+    pub k: usize,
+}
+
+impl KnnMonitor {
+    fn is_off(&self) -> bool {
+        self.queries == 0
+    }
+}
+
+impl Default for KnnMonitor {
+    fn default() -> Self {
+        KnnMonitor {
+            queries: 0,
+            bank: 10_000,
+            k: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +137,7 @@ impl Default for Params {
             color_jitter: 0.5,
             blur: false,
             memory: MemoryParams::default(),
+            knn_monitor: KnnMonitor::default(),
         }
     }
 }
@@ -137,6 +175,16 @@ fn check(p: &Params) -> Result<(), ParamError> {
             format!("must be in [0, 1], got {}", p.color_jitter),
         ));
     }
+    let mon = &p.knn_monitor;
+    if !mon.is_off() && (mon.bank == 0 || mon.k == 0) {
+        return Err(err(
+            "knn_monitor",
+            format!(
+                "bank and k must be at least 1, got {} and {}",
+                mon.bank, mon.k
+            ),
+        ));
+    }
     if !(0.0..=1.0).contains(&p.memory.momentum) {
         return Err(err(
             "memory.momentum",
@@ -159,6 +207,56 @@ struct Pretrainer {
     temperature: f64,
     /// This step's stacked views, kept for the memory's enqueue after the update.
     views: Option<Tensor>,
+    monitor: Option<Monitor>,
+}
+
+/// The kNN monitor's fixed query and bank images.
+struct Monitor {
+    queries: Images,
+    bank: Images,
+    k: usize,
+    num_classes: usize,
+}
+
+impl Monitor {
+    fn new(
+        cfg: &KnnMonitor,
+        train: &Images,
+        num_classes: usize,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            train.n > cfg.queries,
+            "knn_monitor.queries = {} needs more train images than that (the dataset has {}); lower it",
+            cfg.queries,
+            train.n
+        );
+        let order = epoch_order(train.n, seed, 0);
+        let (q, rest) = order.split_at(cfg.queries);
+        let bank = &rest[..cfg.bank.min(rest.len())];
+        Ok(Monitor {
+            queries: train.select(q),
+            bank: train.select(bank),
+            k: cfg.k,
+            num_classes,
+        })
+    }
+
+    /// kNN top-1 of the encoder (eval mode: running BatchNorm statistics, no graph).
+    fn top1(&self, net: &Network) -> anyhow::Result<f64> {
+        let (bank, _) = extract(net, &self.bank, 512, None)?;
+        let (queries, _) = extract(net, &self.queries, 512, None)?;
+        let scores = knn_scores(
+            &bank,
+            &self.bank.labels,
+            &queries,
+            self.num_classes,
+            self.k,
+            0.1,
+            512,
+        )?;
+        Ok(ClassScores::new(&scores, &self.queries.labels, self.num_classes)?.topk_accuracy(1))
+    }
 }
 
 impl Trainer for Pretrainer {
@@ -199,6 +297,13 @@ impl Trainer for Pretrainer {
         Ok(())
     }
 
+    fn epoch_end(&mut self, _epoch: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
+        match &self.monitor {
+            Some(m) => Ok(vec![("knn_top1", m.top1(&self.net)?)]),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
         let mut out = train::net_and_opt_state(&self.net, self.opt.as_ref());
         if let Some(m) = &self.memory {
@@ -220,6 +325,16 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
     let p: Params = ctx.params()?;
     let device = train::device()?;
     let ds = train::load_dataset(ctx, "data")?;
+    let monitor = (!p.knn_monitor.is_off())
+        .then(|| {
+            Monitor::new(
+                &p.knn_monitor,
+                &ds.train,
+                ds.classes.len(),
+                train::seed_for(ctx, "pretrain.monitor"),
+            )
+        })
+        .transpose()?;
     let images = Arc::new(ds.train);
     let (spec, batch): (LoopSpec, usize) = train::loop_spec("pretrain", p.schedule(), images.n)?;
     anyhow::ensure!(
@@ -246,6 +361,7 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
         memory,
         temperature: p.temperature,
         views: None,
+        monitor,
     };
 
     let aug = AugmentCfg::simclr(p.color_jitter, p.blur);
@@ -288,6 +404,7 @@ mod tests {
             params: serde_json::json!({
                 "model": tiny_model(), "epochs": 4, "batch_size": 8, "lr": 0.5,
                 "memory": { "size": memory, "momentum": 0.9 },
+                "knn_monitor": { "queries": 4, "bank": 6, "k": 3 },
             }),
             inputs: vec![("data", data)],
             out: root.join("out"),
@@ -305,6 +422,10 @@ mod tests {
         let straight = pretrain_run(a.path(), 20);
         let full = straight.run().unwrap();
         assert_eq!(full.series["loss"].len(), 4);
+        assert_eq!(full.series["knn_top1"].len(), 4);
+        assert!(full.series["knn_top1"]
+            .iter()
+            .all(|v| (0.0..=1.0).contains(v) && (v * 4.0).fract() == 0.0));
         assert!(full.metrics["loss"].is_finite());
         assert!((0.0..=1.0).contains(&full.metrics["contrastive_acc"]));
 
@@ -353,6 +474,16 @@ mod tests {
         let v = resolve(&serde_json::json!({})).unwrap();
         assert_eq!(v["temperature"], 0.5);
         assert_eq!(v["memory"]["size"], 0);
+        // Off by default and then absent, so existing cache keys stay as they were.
+        assert!(v.get("knn_monitor").is_none(), "{v}");
+        let on = resolve(&serde_json::json!({ "knn_monitor": { "queries": 100 } })).unwrap();
+        assert_eq!(on["knn_monitor"]["bank"], 10_000);
+        assert_eq!(
+            resolve(&serde_json::json!({ "knn_monitor": { "queries": 5, "k": 0 } }))
+                .unwrap_err()
+                .path,
+            "knn_monitor"
+        );
         assert_eq!(
             resolve(&serde_json::json!({ "temperature": 0.0 }))
                 .unwrap_err()

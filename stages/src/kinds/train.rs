@@ -35,6 +35,11 @@ pub trait Trainer {
     /// Backward pass and optimizer step at learning rate `lr`, plus any post-step bookkeeping
     /// (EMA update, memory enqueue). Only called for a finite loss.
     fn update(&mut self, loss: &Tensor, lr: f64) -> anyhow::Result<()>;
+    /// Metrics measured once an epoch's steps are done (e.g. a kNN monitor), added to the
+    /// epoch's series. Must not change the training state. Its time is not in the epoch's img/s.
+    fn epoch_end(&mut self, _epoch: usize) -> anyhow::Result<Vec<(&'static str, f64)>> {
+        Ok(Vec::new())
+    }
     /// Every tensor that must survive a resume (weights, BN statistics, optimizer buffers,
     /// memory), with unique names.
     fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>>;
@@ -190,10 +195,13 @@ where
             ctx.progress.step(epoch, step, loss, rate);
         }
         let secs = started.elapsed().as_secs_f64();
-        let means: BTreeMap<String, f64> = sums
+        let mut means: BTreeMap<String, f64> = sums
             .into_iter()
             .map(|(k, s)| (k.to_string(), s / spec.steps_per_epoch as f64))
             .collect();
+        for (k, v) in trainer.epoch_end(epoch)? {
+            means.insert(k.to_string(), v);
+        }
         for (k, v) in &means {
             state.series.entry(k.clone()).or_default().push(*v);
         }
