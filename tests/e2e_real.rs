@@ -229,9 +229,13 @@ fn full_recipe_runs_caches_reruns_what_changed_and_audits() {
     let knn = &env.record("pretrain")["series"]["knn_top1"];
     assert_eq!(knn.as_array().map(|a| a.len()), Some(1), "{knn}");
     let out = env.dir.path().join("report");
-    env.run(&["report", &p, "--out", out.to_str().unwrap()]).ok();
+    env.run(&["report", &p, "--out", out.to_str().unwrap()])
+        .ok();
     let svg = std::fs::read_to_string(out.join("knn_top1-pretrain.svg")).unwrap();
-    assert!(svg.contains("<polyline") || svg.contains("<circle"), "{svg}");
+    assert!(
+        svg.contains("<polyline") || svg.contains("<circle"),
+        "{svg}"
+    );
 
     let again = env.run(&["run", &p]).ok();
     assert_eq!(

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd::multiversion;
 use super::storage::{with_contiguous_f32, SendPtr};
 
 /// (N, C, H·W) of a contiguous (N,C) or (N,C,H,W) tensor.
@@ -31,6 +32,7 @@ pub(crate) struct BatchStats {
     pub invstd: Vec<f32>,
 }
 
+multiversion! {
 /// Sum of `xs` and sum of squares of `xs - shift`, with 8 independent f32 lanes.
 fn shifted_sums(xs: &[f32], shift: f32) -> (f64, f64) {
     let mut s = [0f32; 8];
@@ -54,6 +56,60 @@ fn shifted_sums(xs: &[f32], shift: f32) -> (f64, f64) {
         s1 + s.iter().map(|&v| v as f64).sum::<f64>(),
         q1 + q.iter().map(|&v| v as f64).sum::<f64>(),
     )
+}
+}
+
+multiversion! {
+/// `out = xs·a + b (+ residual)`, then ReLU if `relu`.
+fn affine(out: &mut [f32], xs: &[f32], residual: Option<&[f32]>, a: f32, b: f32, relu: bool) {
+    match (residual, relu) {
+        (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b),
+        (None, true) => out
+            .iter_mut()
+            .zip(xs)
+            .for_each(|(o, &v)| *o = (v * a + b).max(0.0)),
+        (Some(r), false) => out
+            .iter_mut()
+            .zip(xs)
+            .zip(r)
+            .for_each(|((o, &v), &rv)| *o = v * a + b + rv),
+        (Some(r), true) => out
+            .iter_mut()
+            .zip(xs)
+            .zip(r)
+            .for_each(|((o, &v), &rv)| *o = (v * a + b + rv).max(0.0)),
+    }
+}
+}
+
+multiversion! {
+/// BatchNorm's input gradient over one run: `out = k1·g − k2 − k3·(x − mean)`, g being `dy`
+/// masked by `y > 0` if `relu`; the masked g also goes to `dres` (the fused residual's gradient).
+#[allow(clippy::too_many_arguments)]
+fn input_grad(
+    out: &mut [f32],
+    dres: Option<&mut [f32]>,
+    dys: &[f32],
+    ys: &[f32],
+    xs: &[f32],
+    k: [f32; 4],
+    relu: bool,
+) {
+    let [k1, k2, k3, mean] = k;
+    let masked = |v: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { v };
+    let n = out.len();
+    let (dys, ys, xs) = (&dys[..n], &ys[..n], &xs[..n]);
+    for i in 0..n {
+        let g = masked(dys[i], ys[i]);
+        out[i] = k1 * g - k2 - k3 * (xs[i] - mean);
+    }
+    if let Some(r) = dres {
+        let r = &mut r[..n];
+        for i in 0..n {
+            r[i] = masked(dys[i], ys[i]);
+        }
+    }
+}
 }
 
 /// Training forward over contiguous data. `residual` (same shape as `x`) is added before the
@@ -92,21 +148,8 @@ fn train_forward(
                 let o = (b * c + ch) * hw;
                 // SAFETY: channel `ch`'s elements are written by this task only.
                 let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(o), hw) };
-                let xs = &x[o..o + hw];
-                match (residual, relu) {
-                    (None, false) => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + sh),
-                    (None, true) => out
-                        .iter_mut()
-                        .zip(xs)
-                        .for_each(|(o, &v)| *o = (v * a + sh).max(0.0)),
-                    (Some(r), relu) => {
-                        let rs = &r[o..o + hw];
-                        for ((o, &v), &rv) in out.iter_mut().zip(xs).zip(rs) {
-                            let t = v * a + sh + rv;
-                            *o = if relu { t.max(0.0) } else { t };
-                        }
-                    }
-                }
+                let rs = residual.map(|r| &r[o..o + hw]);
+                affine(out, &x[o..o + hw], rs, a, sh, relu);
             }
             (mean, var as f32, invstd)
         })
@@ -119,6 +162,7 @@ fn train_forward(
     (y, stats)
 }
 
+multiversion! {
 /// Σg and Σg·(x − mean) over one run, g being the output gradient masked by `y > 0` if `relu`;
 /// 8 independent f32 lanes so the loop vectorises.
 fn grad_sums(dy: &[f32], y: &[f32], x: &[f32], mean: f32, relu: bool) -> (f64, f64) {
@@ -143,6 +187,7 @@ fn grad_sums(dy: &[f32], y: &[f32], x: &[f32], mean: f32, relu: bool) -> (f64, f
         sa + a.iter().map(|&v| v as f64).sum::<f64>(),
         sb + b.iter().map(|&v| v as f64).sum::<f64>(),
     )
+}
 }
 
 /// Gradients of a training forward.
@@ -171,7 +216,6 @@ fn train_backward(
     let dxp = SendPtr(dx.as_mut_ptr());
     let drp = dres.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
     let m = (n * hw) as f32;
-    let masked = |v: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { v };
     let sums: Vec<(f32, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -194,18 +238,10 @@ fn train_backward(
                 let o = (b * c + ch) * hw;
                 // SAFETY: channel `ch`'s elements are written by this task only.
                 let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(o), hw) };
-                let mut rout =
+                let rout =
                     drp.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(o), hw) });
                 let (dys, ys, xs) = (&dy[o..o + hw], &y[o..o + hw], &x[o..o + hw]);
-                for i in 0..hw {
-                    let g = masked(dys[i], ys[i]);
-                    out[i] = k1 * g - k2 - k3 * (xs[i] - mean);
-                }
-                if let Some(r) = rout.as_mut() {
-                    for i in 0..hw {
-                        r[i] = masked(dys[i], ys[i]);
-                    }
-                }
+                input_grad(out, rout, dys, ys, xs, [k1, k2, k3, mean], relu);
             }
             (dgamma, dbeta)
         })
@@ -515,18 +551,7 @@ pub(crate) fn eval(
                     let ch = plane % c;
                     let (a, b) = (scale[ch], shift[ch]);
                     let o = plane * hw;
-                    let xs = &xs[o..o + hw];
-                    match r {
-                        None => out.iter_mut().zip(xs).for_each(|(o, &v)| *o = v * a + b),
-                        Some(r) => out
-                            .iter_mut()
-                            .zip(xs)
-                            .zip(&r[o..o + hw])
-                            .for_each(|((o, &v), &rv)| *o = v * a + b + rv),
-                    }
-                    if relu {
-                        out.iter_mut().for_each(|v| *v = v.max(0.0));
-                    }
+                    affine(out, &xs[o..o + hw], r.map(|r| &r[o..o + hw]), a, b, relu);
                 });
             Ok(())
         };

@@ -14,6 +14,7 @@ mod conv;
 mod gemm;
 mod im2col;
 mod scratch;
+mod simd;
 mod storage;
 #[cfg(test)]
 mod tests;
