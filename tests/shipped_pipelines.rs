@@ -1,0 +1,53 @@
+//! The pipeline files in `pipelines/` stay valid against the real stage kinds: node counts, the
+//! 1%-only variants reading the unswept split, and the validation evals naming their holdout.
+//! Dataset roots come from the environment variables the files read, pointed at an empty
+//! directory (planning needs the root to exist, not to hold data).
+
+use std::path::Path;
+use std::process::Command;
+
+fn semiflow(args: &[&str], root: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_semiflow"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CIFAR10_ROOT", root)
+        .env("FASHION_MNIST_ROOT", root)
+        .env_remove("SEMIFLOW_TEST_KINDS")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "semiflow {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn shipped_pipelines_validate_with_the_expected_shape() {
+    let root = tempfile::tempdir().unwrap();
+    for (file, nodes) in [
+        ("pipelines/quickstart.toml", 19),
+        ("pipelines/cifar10.toml", 25),
+        ("pipelines/fashion-mnist.toml", 23),
+    ] {
+        let out = semiflow(&["validate", file], root.path());
+        assert!(
+            out.contains(&format!("ok ({nodes} nodes)")),
+            "{file}: {out}"
+        );
+        let dag = semiflow(&["dag", file], root.path());
+        for edge in ["split", "eval_val"] {
+            assert!(dag.contains(edge), "{file}: no {edge} in\n{dag}");
+        }
+    }
+    let dag = semiflow(&["dag", "pipelines/cifar10.toml"], root.path());
+    for needle in [
+        "from: pretrain; labels: split_1pct",
+        "from: pretrain_memory; labels: split_1pct",
+        "holdout: split_1pct; models: finetune_layer0, finetune_memory",
+    ] {
+        assert!(dag.contains(needle), "no `{needle}` in\n{dag}");
+    }
+}
