@@ -144,6 +144,9 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<(usize, Result<Record>)>();
     let jobs = opts.jobs.max(1);
     let mut running = 0usize;
+    // Keys being built now. Two nodes can share a key (an unswept copy of a swept node, say):
+    // the second waits for the first and then finds its record, instead of training twice.
+    let mut building: BTreeMap<String, usize> = BTreeMap::new();
     let mut summary = Summary {
         selected: selection.len(),
         ..Summary::default()
@@ -156,10 +159,14 @@ pub fn run(
                 if !need[i] {
                     continue;
                 }
-                if matches!(states[i], State::Ready(_)) {
-                    if running >= jobs || CANCEL.load(Ordering::Relaxed) {
+                if let State::Ready(ready) = &states[i] {
+                    if running >= jobs
+                        || CANCEL.load(Ordering::Relaxed)
+                        || building.contains_key(&ready.key.hex)
+                    {
                         continue;
                     }
+                    building.insert(ready.key.hex.clone(), i);
                     let State::Ready(ready) = std::mem::replace(&mut states[i], State::Running)
                     else {
                         unreachable!()
@@ -196,6 +203,15 @@ pub fn run(
         }
         let (i, result) = rx.recv().expect("workers hold a sender until they send");
         running -= 1;
+        building.retain(|_, j| *j != i);
+        if let Ok(record) = &result {
+            // Twins of this key, ready but held back: assess them again, now as cache hits.
+            for state in states.iter_mut() {
+                if matches!(state, State::Ready(r) if r.key.hex == record.key && !r.forced) {
+                    *state = State::Waiting;
+                }
+            }
+        }
         let node = &plan.nodes[i];
         match result {
             Ok(record) => {
@@ -299,6 +315,9 @@ fn assess(
         match store.lookup(&key.hex, opts.verify)? {
             Ok(record) => {
                 tracing::debug!("{}: cached ({})", node.name, crate::key::short(&key.hex));
+                if selected[i] {
+                    store.index.note_name(&node.name, &key.hex)?;
+                }
                 return Ok(State::Done {
                     record: Box::new(record),
                     ran: false,

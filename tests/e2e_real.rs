@@ -436,7 +436,18 @@ holdout = "split"
             root = data_root().display()
         ),
     );
-    env.run(&["run", &p]).ok();
+    let first = env.run(&["run", &p]).ok();
+    // The unswept split and its supervised model have the keys of their label_fraction=0.1 twins:
+    // each is built once, and the twin waits for it and finds it cached.
+    assert_eq!(
+        first.summary(),
+        "semiflow: 11 nodes: 9 ran, 2 cached, 0 failed"
+    );
+    assert!(
+        first.stderr.matches("sup_low: running").count() == 0,
+        "{}",
+        first.stderr
+    );
     // The unswept split has the same key as split[label_fraction=0.1]: stored once.
     assert_eq!(
         env.record("split_low")["key"],

@@ -162,8 +162,11 @@ fn report_writes_markdown_and_svg_plots() {
     let out = env.dir.path().join("report");
     env.run(&["report", p, "--out", out.to_str().unwrap()]).ok();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("| method | model node | mse | top1 |"), "{md}");
-    assert!(md.contains("| eval | eval |"), "{md}");
+    assert!(
+        md.contains("| method | model node | split | mse | top1 |"),
+        "{md}"
+    );
+    assert!(md.contains("| eval | eval | test |"), "{md}");
     for n in ["pre", "ft", "other"] {
         let svg = std::fs::read_to_string(out.join(format!("loss-{n}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{n}");

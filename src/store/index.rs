@@ -102,6 +102,16 @@ impl Index {
         Ok(())
     }
 
+    /// Point a node name at an existing record (a cache hit under another name: a renamed node,
+    /// or an unswept twin of a swept one), so `show`, `report` and `audit` find it by this name.
+    /// Writes only when the name pointed elsewhere; durable with the run's closing flush.
+    pub fn note_name(&self, node: &str, key: &str) -> Result<()> {
+        if self.latest_key(node)?.as_deref() != Some(key) {
+            self.by_name.insert(node.as_bytes(), key.as_bytes())?;
+        }
+        Ok(())
+    }
+
     pub fn latest_key(&self, node: &str) -> Result<Option<String>> {
         Ok(self
             .by_name
