@@ -162,6 +162,7 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
         );
         written.push(file);
     }
+    md.push_str(&stage_times(plan, &latest));
     std::fs::write(out.join("report.md"), md)?;
     written.insert(0, "report.md".into());
     Ok(written)
@@ -304,6 +305,33 @@ fn top1_pivot(plan: &Plan, rows: &[MethodRow], split: &str, title: &str) -> Opti
     }
     md.push('\n');
     Some(md)
+}
+
+/// When, where and how long each stored node took (a twin that reused another node's artifact
+/// shows that node's build), and the sum: the wall time of a run that built them all one at a time.
+fn stage_times(plan: &Plan, latest: &[(usize, Record)]) -> String {
+    let mut md = String::from(
+        "## Stage times\n\n| node | kind | built by node | started (UTC) | host | threads | seconds |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0.0;
+    for (i, r) in latest {
+        let p = &r.provenance;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {:.1} |",
+            plan.nodes[*i].name, r.kind, r.node, p.started, p.host, p.threads, p.duration_s
+        );
+        if seen.insert(r.key.clone()) {
+            total += p.duration_s;
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nSum over distinct artifacts: {total:.0} s ({:.1} min).\n",
+        total / 60.0
+    );
+    md
 }
 
 fn render_value(v: &serde_json::Value) -> String {

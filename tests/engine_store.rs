@@ -167,6 +167,10 @@ fn report_writes_markdown_and_svg_plots() {
         "{md}"
     );
     assert!(md.contains("| eval | eval | test |"), "{md}");
+    assert!(
+        md.contains("## Stage times") && md.contains("| pre | "),
+        "{md}"
+    );
     for n in ["pre", "ft", "other"] {
         let svg = std::fs::read_to_string(out.join(format!("loss-{n}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{n}");
