@@ -73,8 +73,13 @@ def time_it(warmup, steps, f):
 def gemm_peak():
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
-    secs = time_it(3, 15, lambda: torch.mm(a, b))
-    return 2 * n**3 / secs / 1e9
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(15):  # best of 15, as the Rust bench: the median drifts on a shared VM
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
 
 
 def main():
