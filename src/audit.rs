@@ -30,9 +30,15 @@ pub struct AuditOptions {
 /// Returns whether everything passed.
 pub fn audit(store: &Store, plan: &Plan, opts: &AuditOptions) -> Result<bool> {
     let mut ok = true;
-    for node in &plan.nodes {
-        let Some(rec) = store.index.latest_record(&node.name)? else {
-            println!("skip  {}: never built", node.name);
+    // The records this file's current keys name, not the latest under each node name (another
+    // pipeline in the same store may have built its own `pretrain` since).
+    let current = crate::explain::current_records(store, plan)?;
+    for (node, rec) in plan.nodes.iter().zip(current) {
+        let Some(rec) = rec else {
+            println!(
+                "skip  {}: not built with its current key (see `semiflow status`)",
+                node.name
+            );
             continue;
         };
         let problems = store.record_problems(&rec, opts.verify);
@@ -88,11 +94,11 @@ pub fn audit(store: &Store, plan: &Plan, opts: &AuditOptions) -> Result<bool> {
 }
 
 fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Result<bool> {
-    let node = &plan.nodes[plan.index_of(name).expect("matched above")];
-    let rec = store
-        .index
-        .latest_record(name)?
-        .with_context(|| format!("{name} was never built; run it first"))?;
+    let idx = plan.index_of(name).expect("matched above");
+    let node = &plan.nodes[idx];
+    let rec = crate::explain::current_records(store, plan)?
+        .swap_remove(idx)
+        .with_context(|| format!("{name} is not built with its current key; run it first"))?;
     let spec = kind_spec(&rec.kind)?;
     let scratch = std::env::temp_dir().join(format!(
         "semiflow-audit-{}-{}",

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::exec::{kind_spec, matches_any, needed, node_key};
 use crate::key::{components, short, KeyInput};
 use crate::plan::Plan;
-use crate::store::{Miss, Store};
+use crate::store::{Miss, Record, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -279,4 +279,22 @@ mod tests {
             ]
         );
     }
+}
+
+/// For each plan node, the stored record its current key names (None when it would have to run).
+///
+/// This is what `report` and `audit` read: node names are shared across pipeline files in one store
+/// (every pipeline has a `pretrain`), so "the latest record under this name" could come from
+/// another pipeline or an older version of this one; the key cannot.
+pub fn current_records(store: &Store, plan: &Plan) -> Result<Vec<Option<Record>>> {
+    let all: Vec<usize> = (0..plan.nodes.len()).collect();
+    let rows = status(store, plan, &all, &[])?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(match row.state {
+            State::Cached => store.index.record(&row.key)?,
+            State::WillRun | State::Blocked => None,
+        });
+    }
+    Ok(out)
 }

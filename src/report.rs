@@ -1,6 +1,7 @@
 //! `semiflow report`: a Markdown table of the pipeline's eval metrics and SVG plots.
 //!
-//! Reads only the index (latest record per node name), so it reflects what has been built.
+//! Reads only the index: for each node, the record of the key the pipeline file gives it now
+//! (not the latest record under its name, which another pipeline in the same store may share).
 //! Plots: one training-loss curve per training node (`series.loss`), and — when eval nodes carry a
 //! `label_fraction` sweep point — top-1 vs label fraction, one line per method (the base names of the
 //! evaluated models).
@@ -18,12 +19,11 @@ use crate::store::{Record, Store};
 /// Write `report.md` and the SVGs into `out`; returns the files written.
 pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut latest: Vec<(usize, Record)> = Vec::new();
-    for (i, n) in plan.nodes.iter().enumerate() {
-        if let Some(r) = store.index.latest_record(&n.name)? {
-            latest.push((i, r));
-        }
-    }
+    let latest: Vec<(usize, Record)> = crate::explain::current_records(store, plan)?
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|r| (i, r)))
+        .collect();
     let mut written = Vec::new();
     let mut md = format!("# {}\n\n", plan.name);
 

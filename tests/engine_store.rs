@@ -176,3 +176,30 @@ fn report_writes_markdown_and_svg_plots() {
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{n}");
     }
 }
+
+/// Node names are shared by everything in a store (another pipeline, or this one with `--set`):
+/// `report` and `audit` follow the keys the file gives its nodes now, not the latest record
+/// under each name.
+#[test]
+fn report_and_audit_follow_current_keys_not_latest_names() {
+    let env = Env::new();
+    let p = env.write("p.toml", PIPELINE);
+    let p = p.to_str().unwrap();
+    env.run(&["run", p]).ok();
+    let out = env.dir.path().join("report");
+    let out = out.to_str().unwrap();
+    env.run(&["report", p, "--out", out]).ok();
+    let before = std::fs::read_to_string(std::path::Path::new(out).join("report.md")).unwrap();
+    // Same node names, other keys.
+    env.run(&["run", p, "--set", "pre.epochs=2"]).ok();
+    env.run(&["report", p, "--out", out]).ok();
+    let after = std::fs::read_to_string(std::path::Path::new(out).join("report.md")).unwrap();
+    assert_eq!(before, after);
+    let audit = env.run(&["audit", p]).ok();
+    assert_eq!(
+        audit.stdout.matches("\nok    ").count() + usize::from(audit.stdout.starts_with("ok    ")),
+        4,
+        "{}",
+        audit.stdout
+    );
+}
