@@ -247,6 +247,24 @@ pub fn print_text(rows: &[NodeStatus], dry_run: bool) {
     }
 }
 
+/// For each plan node, the stored record its current key names (None when it would have to run).
+///
+/// This is what `report` and `audit` read: node names are shared across pipeline files in one store
+/// (every pipeline has a `pretrain`), so "the latest record under this name" could come from
+/// another pipeline or an older version of this one; the key cannot.
+pub fn current_records(store: &Store, plan: &Plan) -> Result<Vec<Option<Record>>> {
+    let all: Vec<usize> = (0..plan.nodes.len()).collect();
+    let rows = status(store, plan, &all, &[])?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(match row.state {
+            State::Cached => store.index.record(&row.key)?,
+            State::WillRun | State::Blocked => None,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,22 +297,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// For each plan node, the stored record its current key names (None when it would have to run).
-///
-/// This is what `report` and `audit` read: node names are shared across pipeline files in one store
-/// (every pipeline has a `pretrain`), so "the latest record under this name" could come from
-/// another pipeline or an older version of this one; the key cannot.
-pub fn current_records(store: &Store, plan: &Plan) -> Result<Vec<Option<Record>>> {
-    let all: Vec<usize> = (0..plan.nodes.len()).collect();
-    let rows = status(store, plan, &all, &[])?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        out.push(match row.state {
-            State::Cached => store.index.record(&row.key)?,
-            State::WillRun | State::Blocked => None,
-        });
-    }
-    Ok(out)
 }
