@@ -103,7 +103,8 @@ impl Index {
     }
 
     /// Point a node name at an existing record (a cache hit under another name: a renamed node,
-    /// or an unswept twin of a swept one), so `show`, `report` and `audit` find it by this name.
+    /// or an unswept twin of a swept one), so `show` and `log` find it by this name (`report` and
+    /// `audit` go by key).
     /// Writes only when the name pointed elsewhere; durable with the run's closing flush.
     pub fn note_name(&self, node: &str, key: &str) -> Result<()> {
         if self.latest_key(node)?.as_deref() != Some(key) {

@@ -337,6 +337,40 @@ fn evaluate_classifier(
     })
 }
 
+/// kNN classification with an encoder's eval-mode features: the `eval` kind's encoder metric and
+/// the pretrain kind's per-epoch monitor.
+pub struct EncoderKnn {
+    pub k: usize,
+    /// τ of the vote weights exp(similarity / τ).
+    pub temperature: f64,
+    pub batch_size: usize,
+}
+
+impl EncoderKnn {
+    /// (bank features, query features, per-query class scores) with `bank`'s labels voting.
+    pub fn run(
+        &self,
+        net: &Network,
+        bank: &Images,
+        queries: &Images,
+        num_classes: usize,
+        ctx: Option<&RunCtx>,
+    ) -> Result<(Tensor, Tensor, Vec<f32>)> {
+        let (bank_f, _) = extract(net, bank, self.batch_size, ctx)?;
+        let (query_f, _) = extract(net, queries, self.batch_size, ctx)?;
+        let scores = knn_scores(
+            &bank_f,
+            &bank.labels,
+            &query_f,
+            num_classes,
+            self.k,
+            self.temperature,
+            self.batch_size,
+        )?;
+        Ok((bank_f, query_f, scores))
+    }
+}
+
 fn evaluate_encoder(
     net: &Network,
     dataset: &Dataset,
@@ -347,17 +381,12 @@ fn evaluate_encoder(
 ) -> Result<ModelReport> {
     let num_classes = dataset.classes.len();
     let (images, bank_images) = (parts.queries.as_ref(), parts.bank.as_ref());
-    let (bank, _) = extract(net, bank_images, params.batch_size, Some(ctx))?;
-    let (queries, _) = extract(net, images, params.batch_size, Some(ctx))?;
-    let scores = knn_scores(
-        &bank,
-        &bank_images.labels,
-        &queries,
-        num_classes,
-        params.knn_k,
-        params.knn_temperature,
-        params.batch_size,
-    )?;
+    let knn = EncoderKnn {
+        k: params.knn_k,
+        temperature: params.knn_temperature,
+        batch_size: params.batch_size,
+    };
+    let (bank, queries, scores) = knn.run(net, bank_images, images, num_classes, Some(ctx))?;
     let knn = ClassScores::new(&scores, &images.labels, num_classes)?;
     let mut metrics = BTreeMap::from([
         ("knn_top1".to_string(), knn.topk_accuracy(1)),

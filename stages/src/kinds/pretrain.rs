@@ -21,8 +21,7 @@ use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
 use crate::data::Images;
-use crate::kinds::eval::{extract, ClassScores};
-use crate::knn::knn_scores;
+use crate::kinds::eval::{ClassScores, EncoderKnn};
 use crate::loss::nt_xent_with_memory;
 use crate::memory::Memory;
 use crate::model::{ModelCfg, Network};
@@ -244,17 +243,12 @@ impl Monitor {
 
     /// kNN top-1 of the encoder (eval mode: running BatchNorm statistics, no graph).
     fn top1(&self, net: &Network) -> anyhow::Result<f64> {
-        let (bank, _) = extract(net, &self.bank, 512, None)?;
-        let (queries, _) = extract(net, &self.queries, 512, None)?;
-        let scores = knn_scores(
-            &bank,
-            &self.bank.labels,
-            &queries,
-            self.num_classes,
-            self.k,
-            0.1,
-            512,
-        )?;
+        let knn = EncoderKnn {
+            k: self.k,
+            temperature: 0.1,
+            batch_size: 512,
+        };
+        let (_, _, scores) = knn.run(net, &self.bank, &self.queries, self.num_classes, None)?;
         Ok(ClassScores::new(&scores, &self.queries.labels, self.num_classes)?.topk_accuracy(1))
     }
 }
