@@ -1,5 +1,6 @@
 //! The pipeline files in `pipelines/` stay valid against the real stage kinds: node counts, the
-//! 1%-only variants reading the unswept split, and the validation evals naming their holdout.
+//! 1%-only variants reading the unswept split, the validation evals naming their holdout, and the
+//! distillation students starting from pretrained checkpoints of their own size.
 //! Dataset roots come from the environment variables the files read, pointed at an empty
 //! directory (planning needs the root to exist, not to hold data).
 
@@ -29,8 +30,8 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
     let root = tempfile::tempdir().unwrap();
     for (file, nodes) in [
         ("pipelines/quickstart.toml", 19),
-        ("pipelines/cifar10.toml", 25),
-        ("pipelines/fashion-mnist.toml", 22),
+        ("pipelines/cifar10.toml", 28),
+        ("pipelines/fashion-mnist.toml", 25),
     ] {
         let out = semiflow(&["validate", file], root.path());
         assert!(
@@ -47,6 +48,9 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
         "from: pretrain; labels: split_1pct",
         "from: pretrain_memory; labels: split_1pct",
         "holdout: split_1pct; models: finetune_layer0, finetune_memory",
+        "init: pretrain; teacher: finetune[label_fraction=0.01]",
+        "init: pretrain_small; teacher: finetune[label_fraction=0.1]",
+        "from: pretrain_small; labels: split[label_fraction=0.01]",
     ] {
         assert!(dag.contains(needle), "no `{needle}` in\n{dag}");
     }

@@ -2,7 +2,7 @@
 //! ReLU and an optional fused residual add, plus an eval-mode per-channel scale/shift.
 //!
 //! Tensors are contiguous (N,C) or (N,C,H,W); a channel's elements are N runs of H·W contiguous
-//! floats. Work is split across channels. Per-channel sums accumulate in f32 lanes within a run and
+//! floats. Work is split across images (see `per_run`). Per-channel sums accumulate in f32 lanes within a run and
 //! in f64 across runs, after shifting by the channel's first element, so the variance stays
 //! accurate for large batches and offset data.
 
@@ -112,6 +112,45 @@ fn input_grad(
 }
 }
 
+/// Per-(image, channel) partial results of `f(image, channel, run offset)`, computed with the work
+/// split across images: each worker streams through whole images (C·H·W contiguous floats)
+/// instead of hopping between N runs of one channel, which at 4×4 or 8×8 planes are one or four
+/// cache lines each. Returned image-major: entry `b*c + ch`.
+fn per_run<T: Send + Default + Clone>(
+    (n, c, hw): (usize, usize, usize),
+    f: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); n * c];
+    out.par_chunks_mut(c.max(1))
+        .enumerate()
+        .with_min_len(images_per_task(c * hw))
+        .for_each(|(b, row)| {
+            for (ch, r) in row.iter_mut().enumerate() {
+                *r = f(ch, (b * c + ch) * hw);
+            }
+        });
+    out
+}
+
+/// Images per rayon task so that a task covers at least ~16k floats (rayon's per-task cost is
+/// then negligible).
+fn images_per_task(image_floats: usize) -> usize {
+    (16_384 / image_floats.max(1)).max(1)
+}
+
+/// Per-channel sums of per-run f64 pairs, adding runs in image order: the order the statistics
+/// have always been accumulated in, so results do not depend on how the runs were scheduled.
+fn channel_totals(parts: &[(f64, f64)], n: usize, c: usize) -> Vec<(f64, f64)> {
+    (0..c)
+        .map(|ch| {
+            (0..n).fold((0f64, 0f64), |(a, b), img| {
+                let (da, db) = parts[img * c + ch];
+                (a + da, b + db)
+            })
+        })
+        .collect()
+}
+
 /// Training forward over contiguous data. `residual` (same shape as `x`) is added before the
 /// optional ReLU. Returns y and the batch statistics.
 #[allow(clippy::too_many_arguments)]
@@ -124,41 +163,45 @@ fn train_forward(
     eps: f64,
     relu: bool,
 ) -> (Vec<f32>, BatchStats) {
-    let mut y = super::storage::uninit_vec(x.len());
-    let yp = SendPtr(y.as_mut_ptr());
     let m = (n * hw) as f64;
-    let stats: Vec<(f32, f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let shift = x[ch * hw];
-            let (mut s, mut q) = (0f64, 0f64);
-            for b in 0..n {
-                let o = (b * c + ch) * hw;
-                let (ds, dq) = shifted_sums(&x[o..o + hw], shift);
-                s += ds;
-                q += dq;
-            }
-            let mean_d = s / m;
-            let var = (q / m - mean_d * mean_d).max(0.0);
-            let mean = (shift as f64 + mean_d) as f32;
-            let invstd = (1.0 / (var + eps).sqrt()) as f32;
-            let a = gamma[ch] * invstd;
-            let sh = beta[ch] - mean * a;
-            for b in 0..n {
-                let o = (b * c + ch) * hw;
-                // SAFETY: channel `ch`'s elements are written by this task only.
-                let out = unsafe { std::slice::from_raw_parts_mut(yp.get().add(o), hw) };
-                let rs = residual.map(|r| &r[o..o + hw]);
-                affine(out, &x[o..o + hw], rs, a, sh, relu);
-            }
-            (mean, var as f32, invstd)
-        })
-        .collect();
-    let stats = BatchStats {
-        mean: stats.iter().map(|s| s.0).collect(),
-        var: stats.iter().map(|s| s.1).collect(),
-        invstd: stats.iter().map(|s| s.2).collect(),
+    // Sums are taken after shifting by the channel's first element (see the module comment).
+    let shift: Vec<f32> = (0..c).map(|ch| x[ch * hw]).collect();
+    let parts = per_run((n, c, hw), |ch, o| shifted_sums(&x[o..o + hw], shift[ch]));
+    let mut stats = BatchStats {
+        mean: Vec::with_capacity(c),
+        var: Vec::with_capacity(c),
+        invstd: Vec::with_capacity(c),
     };
+    let mut scale_shift = Vec::with_capacity(c);
+    for (ch, (s, q)) in channel_totals(&parts, n, c).into_iter().enumerate() {
+        let mean_d = s / m;
+        let var = (q / m - mean_d * mean_d).max(0.0);
+        let mean = (shift[ch] as f64 + mean_d) as f32;
+        let invstd = (1.0 / (var + eps).sqrt()) as f32;
+        let a = gamma[ch] * invstd;
+        scale_shift.push((a, beta[ch] - mean * a));
+        stats.mean.push(mean);
+        stats.var.push(var as f32);
+        stats.invstd.push(invstd);
+    }
+    let mut y = super::storage::uninit_vec(x.len());
+    y.par_chunks_mut((c * hw).max(1))
+        .enumerate()
+        .with_min_len(images_per_task(c * hw))
+        .for_each(|(b, yb)| {
+            for (ch, &(a, sh)) in scale_shift.iter().enumerate() {
+                let o = (b * c + ch) * hw;
+                let rs = residual.map(|r| &r[o..o + hw]);
+                affine(
+                    &mut yb[ch * hw..(ch + 1) * hw],
+                    &x[o..o + hw],
+                    rs,
+                    a,
+                    sh,
+                    relu,
+                );
+            }
+        });
     (y, stats)
 }
 
@@ -211,45 +254,52 @@ fn train_backward(
     relu: bool,
     want_dresidual: bool,
 ) -> TrainGrads {
+    let m = (n * hw) as f32;
+    // Pass 1: Σg and Σg·(x−mean) per channel, g being the masked output gradient.
+    let parts = per_run((n, c, hw), |ch, o| {
+        let r = o..o + hw;
+        grad_sums(&dy[r.clone()], &y[r.clone()], &x[r], stats.mean[ch], relu)
+    });
+    let (mut dgamma, mut dbeta, mut k) = (Vec::with_capacity(c), Vec::with_capacity(c), vec![]);
+    for (ch, (sg, sgx)) in channel_totals(&parts, n, c).into_iter().enumerate() {
+        let invstd = stats.invstd[ch];
+        let db = sg as f32;
+        let dg = (sgx as f32) * invstd;
+        // Pass 2: dx = γ·σ⁻¹·(g − Σg/M − x̂·Σ(g·x̂)/M).
+        let k1 = gamma[ch] * invstd;
+        k.push([k1, k1 * db / m, k1 * invstd * dg / m, stats.mean[ch]]);
+        dgamma.push(dg);
+        dbeta.push(db);
+    }
     let mut dx = super::storage::uninit_vec(x.len());
     let mut dres = want_dresidual.then(|| super::storage::uninit_vec(x.len()));
-    let dxp = SendPtr(dx.as_mut_ptr());
     let drp = dres.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
-    let m = (n * hw) as f32;
-    let sums: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (mean, invstd) = (stats.mean[ch], stats.invstd[ch]);
-            // Pass 1: Σg and Σg·(x−mean), g being the masked output gradient.
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for b in 0..n {
+    let image = (c * hw).max(1);
+    dx.par_chunks_mut(image)
+        .enumerate()
+        .with_min_len(images_per_task(c * hw))
+        .for_each(|(b, dxb)| {
+            for (ch, &kc) in k.iter().enumerate() {
                 let o = (b * c + ch) * hw;
-                let (ds, dsx) = grad_sums(&dy[o..o + hw], &y[o..o + hw], &x[o..o + hw], mean, relu);
-                sg += ds;
-                sgx += dsx;
-            }
-            let dbeta = sg as f32;
-            let dgamma = (sgx as f32) * invstd;
-            // Pass 2: dx = γ·σ⁻¹·(g − Σg/M − x̂·Σ(g·x̂)/M).
-            let k1 = gamma[ch] * invstd;
-            let k2 = k1 * dbeta / m;
-            let k3 = k1 * invstd * dgamma / m;
-            for b in 0..n {
-                let o = (b * c + ch) * hw;
-                // SAFETY: channel `ch`'s elements are written by this task only.
-                let out = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(o), hw) };
+                // SAFETY: image `b`'s elements are written by this task only.
                 let rout =
                     drp.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(o), hw) });
                 let (dys, ys, xs) = (&dy[o..o + hw], &y[o..o + hw], &x[o..o + hw]);
-                input_grad(out, rout, dys, ys, xs, [k1, k2, k3, mean], relu);
+                input_grad(
+                    &mut dxb[ch * hw..(ch + 1) * hw],
+                    rout,
+                    dys,
+                    ys,
+                    xs,
+                    kc,
+                    relu,
+                );
             }
-            (dgamma, dbeta)
-        })
-        .collect();
+        });
     TrainGrads {
         dx,
-        dgamma: sums.iter().map(|s| s.0).collect(),
-        dbeta: sums.iter().map(|s| s.1).collect(),
+        dgamma,
+        dbeta,
         dresidual: dres,
     }
 }
