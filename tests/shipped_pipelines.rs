@@ -31,7 +31,7 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
     for (file, nodes) in [
         ("pipelines/quickstart.toml", 19),
         ("pipelines/cifar10.toml", 28),
-        ("pipelines/fashion-mnist.toml", 25),
+        ("pipelines/fashion-mnist.toml", 49),
     ] {
         let out = semiflow(&["validate", file], root.path());
         assert!(
@@ -51,6 +51,16 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
         "init: pretrain; teacher: finetune[label_fraction=0.01]",
         "init: pretrain_small; teacher: finetune[label_fraction=0.1]",
         "from: pretrain_small; labels: split[label_fraction=0.01]",
+    ] {
+        assert!(dag.contains(needle), "no `{needle}` in\n{dag}");
+    }
+    // Fashion-MNIST sweeps three training seeds of the fine-tunes and baselines; the distillation
+    // teacher stays the single seed-0 1% fine-tune.
+    let dag = semiflow(&["dag", "pipelines/fashion-mnist.toml"], root.path());
+    for needle in [
+        "supervised_small[label_fraction=0.1,seed=2]",
+        "eval_val[label_fraction=0.01,seed=1]",
+        "init: pretrain; teacher: finetune_1pct",
     ] {
         assert!(dag.contains(needle), "no `{needle}` in\n{dag}");
     }
