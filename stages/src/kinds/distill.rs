@@ -357,7 +357,7 @@ fn labeled_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::super::train::testutil::{dataset_and_split, files, tiny_model, Run};
+    use super::super::train::testutil::{dataset_and_split, files, tiny_model, tiny_pretrain, Run};
     use super::*;
 
     /// A supervised teacher, then a self-distilled student with α = 0.5 on the labels: the student
@@ -417,21 +417,12 @@ mod tests {
     fn init_starts_the_student_from_the_pretrained_encoder() {
         let root = tempfile::tempdir().unwrap();
         let (data, split) = dataset_and_split(root.path(), 6, &[0, 1, 2, 3]);
-        let pre = Run {
-            kind: &super::super::pretrain::SPEC,
-            params: serde_json::json!({ "model": tiny_model(), "epochs": 1, "batch_size": 8 }),
-            inputs: vec![("data", data.clone())],
-            out: root.path().join("pre"),
-            resume: root.path().join("pre-resume"),
-            seed: 1,
-            checkpoint_every: 0,
-        };
-        pre.run().unwrap();
+        let pre = tiny_pretrain(root.path(), &data);
         let teacher = Run {
             kind: &super::super::finetune::SPEC,
             params: serde_json::json!({ "epochs": 1, "batch_size": 4 }),
             inputs: vec![
-                ("from", pre.out.clone()),
+                ("from", pre.clone()),
                 ("labels", split),
                 ("data", data.clone()),
             ],
@@ -444,7 +435,7 @@ mod tests {
         let student = |name: &str, init: bool| {
             let mut inputs = vec![("teacher", teacher.out.clone()), ("data", data.clone())];
             if init {
-                inputs.push(("init", pre.out.clone()));
+                inputs.push(("init", pre.clone()));
             }
             Run {
                 kind: &SPEC,
@@ -471,7 +462,7 @@ mod tests {
                 .flat_map(|(k, v)| v.iter().zip(&b[k]).map(|(x, y)| (x - y).abs()))
                 .fold(0f32, f32::max)
         };
-        let pretrained = kernels(&pre.out);
+        let pretrained = kernels(&pre);
         let inited = student("inited", true);
         let out = inited.run().unwrap();
         assert_eq!(out.details["student_init"], "pretrain");

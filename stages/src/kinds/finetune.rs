@@ -155,7 +155,7 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::train::testutil::{dataset_and_split, tiny_model, Run};
+    use super::super::train::testutil::{dataset_and_split, tiny_pretrain, Run};
     use super::*;
 
     /// Pretrain briefly, then fine-tune from head layer 1 until the labeled images are memorized.
@@ -164,20 +164,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let labeled: Vec<usize> = (0..16).collect();
         let (data, split) = dataset_and_split(root.path(), 12, &labeled);
-        let pre = Run {
-            kind: &super::super::pretrain::SPEC,
-            params: serde_json::json!({ "model": tiny_model(), "epochs": 1, "batch_size": 8 }),
-            inputs: vec![("data", data.clone())],
-            out: root.path().join("pre"),
-            resume: root.path().join("pre-resume"),
-            seed: 1,
-            checkpoint_every: 0,
-        };
-        pre.run().unwrap();
+        let pre = tiny_pretrain(root.path(), &data);
         let ft = Run {
             kind: &SPEC,
             params: serde_json::json!({ "epochs": 20, "batch_size": 8, "lr": 0.05 }),
-            inputs: vec![("from", pre.out.clone()), ("labels", split), ("data", data)],
+            inputs: vec![("from", pre.clone()), ("labels", split), ("data", data)],
             out: root.path().join("ft"),
             resume: root.path().join("ft-resume"),
             seed: 1,

@@ -59,6 +59,22 @@ pub fn tiny_model() -> serde_json::Value {
     serde_json::json!({ "depth": 10, "width": 0.0625, "proj_dim": 16, "proj_hidden": 16 })
 }
 
+/// One epoch of pretraining of [`tiny_model`] on `data`; returns the checkpoint directory
+/// (`root/pre`).
+pub fn tiny_pretrain(root: &Path, data: &Path) -> PathBuf {
+    let pre = Run {
+        kind: &crate::kinds::pretrain::SPEC,
+        params: serde_json::json!({ "model": tiny_model(), "epochs": 1, "batch_size": 8 }),
+        inputs: vec![("data", data.to_path_buf())],
+        out: root.join("pre"),
+        resume: root.join("pre-resume"),
+        seed: 1,
+        checkpoint_every: 0,
+    };
+    pre.run().unwrap();
+    pre.out
+}
+
 /// Run `kind` with `params` (resolved first) and inputs `(role, dir)`.
 pub struct Run<'a> {
     pub kind: &'a KindSpec,
