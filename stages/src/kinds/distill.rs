@@ -269,17 +269,7 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
                 arch(net.arch()),
                 arch(&cfg)
             );
-            anyhow::ensure!(
-                net.image_size() == ds.train.h && net.in_channels() == ds.train.c,
-                "init {} takes {}×{} images with {} channels, the dataset has {}×{}×{}",
-                init_dir.display(),
-                net.image_size(),
-                net.image_size(),
-                net.in_channels(),
-                ds.train.h,
-                ds.train.w,
-                ds.train.c
-            );
+            train::check_input_shape(&net, &ds, &format!("init {}", init_dir.display()))?;
             net
         }
         None => Network::new_classifier(

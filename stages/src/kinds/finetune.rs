@@ -115,16 +115,7 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
         &device,
         train::seed_for(ctx, "finetune.init"),
     )?;
-    anyhow::ensure!(
-        net.image_size() == ds.train.h && net.in_channels() == ds.train.c,
-        "the pretrained network takes {}×{} images with {} channels, the dataset has {}×{}×{}",
-        net.image_size(),
-        net.image_size(),
-        net.in_channels(),
-        ds.train.h,
-        ds.train.w,
-        ds.train.c
-    );
+    train::check_input_shape(&net, &ds, "the pretrained network")?;
     let (spec, batch) = train::loop_spec("finetune", p.schedule(), labeled.len())?;
     let mut trainer = ClassifierTrainer::new(
         net,

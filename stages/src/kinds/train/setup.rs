@@ -49,6 +49,22 @@ pub fn load_dataset(ctx: &RunCtx, role: &str) -> anyhow::Result<Dataset> {
     Ok(ds)
 }
 
+/// Refuse a checkpoint (`what`, e.g. "the pretrained network {dir}") whose input shape differs
+/// from the dataset's images.
+pub fn check_input_shape(net: &Network, ds: &Dataset, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        net.image_size() == ds.train.h && net.in_channels() == ds.train.c,
+        "{what} takes {}×{} images with {} channels, the dataset has {}×{}×{}",
+        net.image_size(),
+        net.image_size(),
+        net.in_channels(),
+        ds.train.h,
+        ds.train.w,
+        ds.train.c
+    );
+    Ok(())
+}
+
 /// The labeled train-sample ids of the split artifact behind reference `role`, checked against
 /// the train set size.
 pub fn load_labeled(ctx: &RunCtx, role: &str, n_train: usize) -> anyhow::Result<Vec<usize>> {
