@@ -1,12 +1,13 @@
 //! `distill`: SimCLRv2 distillation. A frozen teacher (eval mode, no autograd graph) labels every
-//! train image; a randomly initialized student learns to match softmax(teacher/τ) with the soft
-//! cross-entropy (scaled by τ²), optionally mixed with cross-entropy on the labeled examples of
-//! each batch: loss = (1−α)·distill + α·CE. Crop+flip augmentation; teacher and student see the
-//! same crop.
+//! train image; a student (random init, or a pretrained checkpoint: see `init` below) learns to
+//! match softmax(teacher/τ) with the soft cross-entropy (scaled by τ²), optionally mixed with
+//! cross-entropy on the labeled examples of each batch: loss = (1−α)·distill + α·CE. Crop+flip
+//! augmentation; teacher and student see the same crop.
 //!
 //! Inputs: `teacher` (a finetune, distill or supervised node), `data`, optional `labels` (a split
-//! node; needed when `alpha` > 0). Output: the student checkpoint. Metrics: final `loss` and
-//! `agreement` (fraction of images where student and teacher predict the same class); series.
+//! node; needed when `alpha` > 0), optional `init` (a pretrain node). Output: the student
+//! checkpoint. Metrics: final `loss` and `agreement` (fraction of images where student and teacher
+//! predict the same class); series.
 //!
 //! The student's architecture defaults to the teacher's (self-distillation, which SimCLRv2 shows
 //! still helps); give `model` for a smaller student.
@@ -260,7 +261,16 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
         Some(init_dir) => {
             let net =
                 Network::from_pretrained(init_dir, head_layer, num_classes, &device, init_seed)?;
-            let arch = |m: &ModelCfg| format!("depth {} width {}", m.depth, m.width);
+            // Depth and width name the usual mismatch; the full config shows any other.
+            let short = |m: &ModelCfg| format!("depth {} width {}", m.depth, m.width);
+            let same_short = short(net.arch()) == short(&cfg);
+            let arch = |m: &ModelCfg| {
+                if same_short {
+                    format!("{m:?}")
+                } else {
+                    short(m)
+                }
+            };
             anyhow::ensure!(
                 net.arch() == &cfg,
                 "init {} holds a {} network but the student is {} (give `model` the init's \
@@ -467,6 +477,16 @@ mod tests {
         other.params["model"] = model;
         let err = format!("{:#}", other.run().unwrap_err());
         assert!(err.contains("init") && err.contains("width 0.125"), "{err}");
+        // Same depth and width, another head: the full configurations are shown.
+        let mut other_head = student("other_head", true);
+        let mut model = tiny_model();
+        model["proj_dim"] = serde_json::json!(8);
+        other_head.params["model"] = model;
+        let err = format!("{:#}", other_head.run().unwrap_err());
+        assert!(
+            err.contains("proj_dim: 8") && err.contains("proj_dim: 16"),
+            "{err}"
+        );
     }
 
     #[test]
