@@ -153,15 +153,22 @@ fn show_prints_provenance_and_audit_rerun_reproduces_bit_for_bit() {
     assert!(a.stdout.contains("ok    rerun eval"), "{}", a.stdout);
 }
 
+/// `semiflow report FILE --out <env>/report`: the output directory and its report.md.
+fn report(env: &Env, pipeline: &str) -> (std::path::PathBuf, String) {
+    let out = env.dir.path().join("report");
+    env.run(&["report", pipeline, "--out", out.to_str().unwrap()])
+        .ok();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    (out, md)
+}
+
 #[test]
 fn report_writes_markdown_and_svg_plots() {
     let env = Env::new();
     let p = env.write("p.toml", PIPELINE);
     let p = p.to_str().unwrap();
     env.run(&["run", p]).ok();
-    let out = env.dir.path().join("report");
-    env.run(&["report", p, "--out", out.to_str().unwrap()]).ok();
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let (out, md) = report(&env, p);
     assert!(
         md.contains("| method | model node | split | mse | top1 |"),
         "{md}"
@@ -186,14 +193,10 @@ fn report_and_audit_follow_current_keys_not_latest_names() {
     let p = env.write("p.toml", PIPELINE);
     let p = p.to_str().unwrap();
     env.run(&["run", p]).ok();
-    let out = env.dir.path().join("report");
-    let out = out.to_str().unwrap();
-    env.run(&["report", p, "--out", out]).ok();
-    let before = std::fs::read_to_string(std::path::Path::new(out).join("report.md")).unwrap();
+    let (_, before) = report(&env, p);
     // Same node names, other keys.
     env.run(&["run", p, "--set", "pre.epochs=2"]).ok();
-    env.run(&["report", p, "--out", out]).ok();
-    let after = std::fs::read_to_string(std::path::Path::new(out).join("report.md")).unwrap();
+    let (_, after) = report(&env, p);
     assert_eq!(before, after);
     let audit = env.run(&["audit", p]).ok();
     assert_eq!(

@@ -25,6 +25,14 @@ fn semiflow(args: &[&str], root: &Path) -> String {
     stdout
 }
 
+/// `semiflow dag FILE` names every one of `needles` (node names, edge lists).
+fn assert_dag_has(file: &str, root: &Path, needles: &[&str]) {
+    let dag = semiflow(&["dag", file], root);
+    for needle in needles {
+        assert!(dag.contains(needle), "{file}: no `{needle}` in\n{dag}");
+    }
+}
+
 #[test]
 fn shipped_pipelines_validate_with_the_expected_shape() {
     let root = tempfile::tempdir().unwrap();
@@ -38,30 +46,29 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
             out.contains(&format!("ok ({nodes} nodes)")),
             "{file}: {out}"
         );
-        let dag = semiflow(&["dag", file], root.path());
-        for edge in ["split", "eval_val"] {
-            assert!(dag.contains(edge), "{file}: no {edge} in\n{dag}");
-        }
+        assert_dag_has(file, root.path(), &["split", "eval_val"]);
     }
-    let dag = semiflow(&["dag", "pipelines/cifar10.toml"], root.path());
-    for needle in [
-        "from: pretrain; labels: split_1pct",
-        "from: pretrain_memory; labels: split_1pct",
-        "holdout: split_1pct; models: finetune_layer0, finetune_memory",
-        "init: pretrain; teacher: finetune[label_fraction=0.01]",
-        "init: pretrain_small; teacher: finetune[label_fraction=0.1]",
-        "from: pretrain_small; labels: split[label_fraction=0.01]",
-    ] {
-        assert!(dag.contains(needle), "no `{needle}` in\n{dag}");
-    }
+    assert_dag_has(
+        "pipelines/cifar10.toml",
+        root.path(),
+        &[
+            "from: pretrain; labels: split_1pct",
+            "from: pretrain_memory; labels: split_1pct",
+            "holdout: split_1pct; models: finetune_layer0, finetune_memory",
+            "init: pretrain; teacher: finetune[label_fraction=0.01]",
+            "init: pretrain_small; teacher: finetune[label_fraction=0.1]",
+            "from: pretrain_small; labels: split[label_fraction=0.01]",
+        ],
+    );
     // Fashion-MNIST sweeps three training seeds of the fine-tunes and baselines; the distillation
     // teacher stays the single seed-0 1% fine-tune.
-    let dag = semiflow(&["dag", "pipelines/fashion-mnist.toml"], root.path());
-    for needle in [
-        "supervised_small[label_fraction=0.1,seed=2]",
-        "eval_val[label_fraction=0.01,seed=1]",
-        "init: pretrain; teacher: finetune_1pct",
-    ] {
-        assert!(dag.contains(needle), "no `{needle}` in\n{dag}");
-    }
+    assert_dag_has(
+        "pipelines/fashion-mnist.toml",
+        root.path(),
+        &[
+            "supervised_small[label_fraction=0.1,seed=2]",
+            "eval_val[label_fraction=0.01,seed=1]",
+            "init: pretrain; teacher: finetune_1pct",
+        ],
+    );
 }
