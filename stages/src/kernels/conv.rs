@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::direct;
 use super::gemm::{matmul, MatMut, MatRef};
 use super::im2col::{col2im, im2col, ConvGeom};
 use super::scratch::{sized, with_scratch, Scratch};
@@ -158,6 +159,31 @@ impl CustomOp2 for Conv2dOp {
 }
 
 fn forward(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
+    if direct::applies(g) {
+        forward_direct(g, x, xv, w)
+    } else {
+        forward_gemm(g, x, xv, w)
+    }
+}
+
+/// [`forward`] through the direct 3×3 kernel, one image per task (bit-identical to
+/// [`forward_gemm`], see `direct.rs`).
+pub(super) fn forward_direct(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
+    let packed = direct::pack_weights(g, w);
+    let mut out = uninit_vec(g.n * g.cout * g.p());
+    out.par_chunks_mut(g.cout * g.p())
+        .enumerate()
+        .for_each(|(b, o)| {
+            with_scratch(|s| {
+                let pad = sized(&mut s.cols, direct::padded_len(g));
+                direct::conv_image(g, &x[xv.image(b)..], xv.sc, &packed, o, pad);
+            })
+        });
+    out
+}
+
+/// [`forward`] through im2col + GEMM: any geometry.
+pub(super) fn forward_gemm(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
     let plan = Plan::new(g);
     let mut out = uninit_vec(g.n * g.cout * g.p());
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -203,7 +229,7 @@ fn forward_chunk(
         return;
     }
     let ld = nb * p;
-    let Scratch { cols, stage } = s;
+    let Scratch { cols, stage, .. } = s;
     let cols = sized(cols, g.k_total() * ld);
     for i in 0..nb {
         im2col(
@@ -300,6 +326,22 @@ fn backward(
     want_dx: bool,
     want_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    backward_routes(g, x, xv, w, dy, dyv, want_dx, want_dw, true)
+}
+
+/// [`backward`], with the direct weight-gradient kernel allowed or not (tests compare the two).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_routes(
+    g: &ConvGeom,
+    x: &[f32],
+    xv: &PlanarView,
+    w: &[f32],
+    dy: &[f32],
+    dyv: &PlanarView,
+    want_dx: bool,
+    want_dw: bool,
+    direct_dw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let plan = Plan::new(g);
     let mut dx = want_dx.then(|| uninit_vec(g.n * g.cin * g.h * g.w));
     let dx_ptr = dx.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
@@ -331,6 +373,7 @@ fn backward(
                     b0,
                     nb,
                     plan.gemm_threads(),
+                    direct_dw,
                     s,
                 )
             });
@@ -367,12 +410,37 @@ fn backward_chunk(
     b0: usize,
     nb: usize,
     threads: usize,
+    direct_dw: bool,
     s: &mut Scratch,
 ) {
     let (p, cout_g, cin_g, k_g) = (g.p(), g.cout_g(), g.cin_g(), g.k_g());
     let ld = nb * p;
     let direct = nb == 1;
-    let Scratch { cols, stage } = s;
+    let dw = match dw {
+        Some(dw) if direct_dw && direct::weight_grad_applies(g) => {
+            // Same chunk, same sums as the GEMM below, without the column matrix (direct.rs).
+            direct::weight_grad_chunk(
+                g,
+                x,
+                |b| xv.image(b),
+                xv.sc,
+                dy,
+                |b| dyv.image(b),
+                dyv.sc,
+                b0,
+                nb,
+                dw,
+                &mut s.cols,
+                &mut s.aux,
+            );
+            None
+        }
+        dw => dw,
+    };
+    if dw.is_none() && dx.is_none() {
+        return;
+    }
+    let Scratch { cols, stage, .. } = s;
 
     // Output gradient as a (Cout, nb·P) matrix: the image's planes themselves, or gathered.
     let (dy_ptr, dy_rs) = if direct {

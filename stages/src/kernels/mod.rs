@@ -11,6 +11,7 @@
 
 mod batchnorm;
 mod conv;
+mod direct;
 mod gemm;
 mod im2col;
 mod scratch;

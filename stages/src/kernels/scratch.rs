@@ -13,6 +13,8 @@ pub(crate) struct Scratch {
     pub cols: Vec<f32>,
     /// Staging for a packed GEMM operand or result (output rows, gathered output gradient).
     pub stage: Vec<f32>,
+    /// A third buffer for kernels that need one (the direct weight gradient's transposed dY).
+    pub aux: Vec<f32>,
 }
 
 thread_local! {

@@ -315,3 +315,115 @@ fn batch_norm_eval_matches_reference() -> Result<()> {
     }
     Ok(())
 }
+
+/// The direct 3×3 kernel must reproduce the im2col + gemm route bit for bit (see `direct.rs`), so
+/// switching routes leaves cached results valid. Shapes: tile remainders (Cout not a multiple of
+/// 6), one- and two-vector rows (W = 8, 24, 16, 32), the largest single-block inner dimension
+/// (Cin·9 = 504), and a channel-sliced input view.
+#[test]
+fn direct_conv_is_bit_identical_to_the_gemm_route() {
+    use super::conv::{forward_direct, forward_gemm};
+    use super::direct;
+    use super::im2col::ConvGeom;
+    use super::storage::PlanarView;
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for (n, cin, cout, h, w, extra_channels) in [
+        (2, 3, 16, 5, 8, 0),
+        (3, 16, 16, 32, 32, 0),
+        (2, 32, 32, 16, 16, 0),
+        (1, 56, 7, 4, 16, 0),
+        (2, 5, 13, 9, 24, 0),
+        (3, 4, 11, 6, 16, 3),
+    ] {
+        let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, 3, 3], 1, 1, 1).unwrap();
+        if !direct::applies(&g) {
+            eprintln!("direct conv not available on this CPU (needs AVX2 + FMA): skipped");
+            return;
+        }
+        // Channels cin..cin+extra of each image are not part of the view (a channel slice).
+        let c_all = cin + extra_channels;
+        let x: Vec<f32> = (0..n * c_all * h * w)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let wt: Vec<f32> = (0..cout * cin * 9)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let xv = PlanarView {
+            offset: extra_channels.min(1) * h * w,
+            sn: c_all * h * w,
+            sc: h * w,
+        };
+        let a = forward_direct(&g, &x, &xv, &wt);
+        let b = forward_gemm(&g, &x, &xv, &wt);
+        let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "direct and gemm routes differ for {:?}",
+            (n, cin, cout, h, w, extra_channels)
+        );
+    }
+}
+
+/// The direct weight gradient must reproduce the im2col + gemm route bit for bit: same chunks,
+/// same K blocks, same order of sums. Shapes: one image per chunk with two K blocks (32×32), several
+/// images per chunk (8×8, 4×4), 8/16/24/32/64 output channels (tile widths 1, 2, 4 vectors and
+/// their mixes), Cin·9 not a multiple of the 6- and 12-wide tiles (Cin = 3, 5), the small-product
+/// shortcut of gemm (Cout·Cin·9 ≤ 64·64), a channel-sliced input, and batches smaller than the
+/// thread count.
+#[test]
+fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
+    use super::conv::backward_routes;
+    use super::direct;
+    use super::im2col::ConvGeom;
+    use super::storage::PlanarView;
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    for (n, cin, cout, h, w, extra_channels) in [
+        (3, 16, 16, 32, 32, 0),
+        (5, 32, 32, 8, 8, 0),
+        (9, 5, 24, 4, 4, 0),
+        (2, 3, 16, 32, 32, 0),
+        (4, 64, 64, 8, 8, 0),
+        (1, 7, 8, 6, 10, 2),
+        (6, 4, 40, 5, 7, 1),
+    ] {
+        let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, 3, 3], 1, 1, 1).unwrap();
+        if !direct::weight_grad_applies(&g) {
+            assert!(
+                !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma"),
+                "direct weight gradient refused {g:?}"
+            );
+            eprintln!("direct weight gradient not available on this CPU: skipped");
+            return;
+        }
+        let c_all = cin + extra_channels;
+        let mut vals =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect() };
+        let x = vals(n * c_all * h * w);
+        let wt = vals(cout * cin * 9);
+        let dy = vals(n * cout * h * w);
+        let xv = PlanarView {
+            offset: extra_channels.min(1) * h * w,
+            sn: c_all * h * w,
+            sc: h * w,
+        };
+        let dyv = PlanarView {
+            offset: 0,
+            sn: cout * h * w,
+            sc: h * w,
+        };
+        let (_, a) = backward_routes(&g, &x, &xv, &wt, &dy, &dyv, false, true, true);
+        let (_, b) = backward_routes(&g, &x, &xv, &wt, &dy, &dyv, false, true, false);
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            same,
+            "direct and gemm weight gradients differ (max {worst:e}) for {:?}",
+            (n, cin, cout, h, w, extra_channels)
+        );
+    }
+}
