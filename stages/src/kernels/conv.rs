@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::direct;
-use super::gemm::{matmul, MatMut, MatRef};
+use super::gemm::{k_block, matmul, MatMut, MatRef};
 use super::im2col::{col2im, im2col, ConvGeom};
 use super::scratch::{sized, with_scratch, Scratch};
 use super::storage::{uninit_vec, with_f32, PlanarView, SendPtr};
@@ -170,13 +170,19 @@ fn forward(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
 /// [`forward_gemm`], see `direct.rs`).
 pub(super) fn forward_direct(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
     let packed = direct::pack_weights(g, w);
+    // gemm's K blocking depends on the GEMM's width, i.e. on the image's chunk.
+    let plan = Plan::new(g);
+    let kc = |b: usize| {
+        let (_, nb) = plan.chunk(b / plan.per_chunk, g.n);
+        k_block(g.cout, nb * g.p(), g.k_g())
+    };
     let mut out = uninit_vec(g.n * g.cout * g.p());
     out.par_chunks_mut(g.cout * g.p())
         .enumerate()
         .for_each(|(b, o)| {
             with_scratch(|s| {
                 let pad = sized(&mut s.cols, direct::padded_len(g));
-                direct::conv_image(g, &x[xv.image(b)..], xv.sc, &packed, o, pad);
+                direct::conv_image(g, &x[xv.image(b)..], xv.sc, &packed, o, pad, kc(b));
             })
         });
     out

@@ -1,28 +1,30 @@
-//! Direct 3×3 stride-1 'same' convolution for narrow layers, without a column matrix.
+//! Direct 3×3 stride-1 'same' convolutions for narrow layers, without a column matrix.
 //!
-//! In the small ResNet's 16- and 32-channel stages the im2col route copies every input value nine
+//! In the small ResNet's 16- to 64-channel stages the im2col route copies every input value nine
 //! times into the column matrix and `gemm` then copies it again into its packed panels: those
 //! copies cost about as much as the arithmetic. Here each image is copied once into a zero-bordered
-//! buffer and an AVX2/FMA register tile (up to 6 output channels × 16 pixels of one output row)
-//! reads its nine shifted input rows straight from it.
+//! buffer and AVX2/FMA register tiles read the shifted input rows straight from it:
+//! - forward (and, through the transposed-weight formulation in `conv.rs`, the input gradient of
+//!   stride-1 convolutions): up to 6 output channels × 16 pixels per tile;
+//! - weight gradient: 8–32 output channels × 3–12 `(ci, tap)` columns per tile, summed over the
+//!   chunk's pixels, with the output gradient transposed so 8 channels are one vector load.
 //!
-//! **Bit-identical to the im2col + `gemm` route.** `gemm` computes every output element as one
-//! chain of fused multiply-adds over the column index `(ci, ky, kx)` in order, starting from zero,
-//! when the inner dimension fits one of its K blocks (≥ 512); padding taps are multiplied as
-//! zeros. The tile below runs the same chain in the same order (zeros included), so results do not
-//! change and cached artifacts stay valid. [`applies`] therefore admits only `Cin·9 ≤ 512`; the
-//! unit tests compare both routes bit for bit.
-//!
-//! Used for the forward pass and, through the transposed-weight formulation in `conv.rs`, for the
-//! input gradient of stride-1 convolutions.
+//! **Bit-identical to the im2col + `gemm` route.** `gemm` computes every output element as chains
+//! of fused multiply-adds over the inner index in order, one chain per K block (its `kc`, see
+//! [`super::gemm::k_block`]), each starting from zero and then added to the destination; padding
+//! taps are multiplied as zeros. The tiles run the same chains in the same order over the same
+//! blocks (zeros included), and the weight gradient uses the same chunks of images, so results do
+//! not change and cached artifacts stay valid. The unit tests compare both routes bit for bit.
 
 use super::im2col::ConvGeom;
 
-/// Largest inner dimension `gemm` runs as a single K block (`gemm-common`'s `kernel_params`:
-/// `kc = max(…, 512).min(k)`); beyond it `gemm` sums blocks separately and the orders differ.
-const MAX_K: usize = 512;
 /// Output channels per register tile.
 const MR: usize = 6;
+/// Wider layers stay on the im2col + gemm route: with thousands of inner indices a tile's weights
+/// and input rows no longer stay in L1/L2, and `gemm`'s cache blocking wins (ResNet-18 trained
+/// ~15% slower with every 3×3 layer direct).
+const MAX_K: usize = 64 * 9;
+const MAX_COUT: usize = 64;
 
 /// Whether the direct kernel handles this convolution (and the CPU has AVX2 + FMA).
 pub(crate) fn applies(g: &ConvGeom) -> bool {
@@ -33,6 +35,7 @@ pub(crate) fn applies(g: &ConvGeom) -> bool {
         && g.groups == 1
         && g.w.is_multiple_of(8)
         && g.k_g() <= MAX_K
+        && g.cout <= MAX_COUT
         && cpu_has_avx2_fma()
 }
 
@@ -67,13 +70,35 @@ pub(crate) fn pack_weights(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Side of the zero-bordered copy of one image: (H+2)·(W+2) floats per channel.
+/// Size of the zero-bordered copy of one image: (H+2)·(W+2) floats per channel.
 pub(crate) fn padded_len(g: &ConvGeom) -> usize {
     g.cin * (g.h + 2) * (g.w + 2)
 }
 
+/// Copies `channels` planes of one image (plane stride `sc`) into `pad` with a zero border `b`
+/// wide: planes of (H+2b)·(W+2b) floats.
+fn fill_padded(g: &ConvGeom, x: &[f32], sc: usize, channels: usize, b: usize, pad: &mut [f32]) {
+    let (h, w) = (g.h, g.w);
+    let wp = w + 2 * b;
+    let plane_p = (h + 2 * b) * wp;
+    for c in 0..channels {
+        let src = &x[c * sc..c * sc + h * w];
+        let dst = &mut pad[c * plane_p..(c + 1) * plane_p];
+        dst[..b * wp].fill(0.0);
+        dst[(h + b) * wp..].fill(0.0);
+        for y in 0..h {
+            let row = &mut dst[(y + b) * wp..(y + b + 1) * wp];
+            row[..b].fill(0.0);
+            row[b + w..].fill(0.0);
+            row[b..b + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+        }
+    }
+}
+
 /// One image: `x` holds its `Cin` planes at stride `sc`, `out` receives `Cout` contiguous
 /// H×W planes, `packed` comes from [`pack_weights`], `pad` is scratch of [`padded_len`] floats.
+/// `kc` is the K block `gemm` would use for this image's chunk (see [`super::gemm::k_block`]):
+/// each block's sum starts from zero and is then added to the output, as in `gemm`.
 pub(crate) fn conv_image(
     g: &ConvGeom,
     x: &[f32],
@@ -81,126 +106,156 @@ pub(crate) fn conv_image(
     packed: &[f32],
     out: &mut [f32],
     pad: &mut [f32],
+    kc: usize,
 ) {
     assert!(
         applies(g),
         "direct conv called for an unsupported geometry {g:?}"
     );
-    let (h, w) = (g.h, g.w);
-    let wp = w + 2;
-    let plane_p = (h + 2) * wp;
-    assert!(pad.len() >= g.cin * plane_p && out.len() >= g.cout * h * w);
-    assert!(packed.len() >= g.cout * g.cin * 9);
-    for c in 0..g.cin {
-        let src = &x[c * sc..c * sc + h * w];
-        let dst = &mut pad[c * plane_p..(c + 1) * plane_p];
-        dst[..wp].fill(0.0);
-        dst[(h + 1) * wp..].fill(0.0);
-        for y in 0..h {
-            let row = &mut dst[(y + 1) * wp..(y + 2) * wp];
-            row[0] = 0.0;
-            row[wp - 1] = 0.0;
-            row[1..=w].copy_from_slice(&src[y * w..(y + 1) * w]);
-        }
-    }
+    assert!(pad.len() >= padded_len(g) && out.len() >= g.cout * g.h * g.w);
+    assert!(packed.len() >= g.cout * g.cin * 9 && kc > 0);
+    fill_padded(g, x, sc, g.cin, 1, pad);
     // SAFETY: `applies` checked AVX2 + FMA; the asserts above bound every pointer the tiles form
-    // (a tile reads rows y..y+3 of the padded planes and columns x0..x0+8·NV+2 ≤ W+2).
+    // (a tile reads rows y..y+4 of the padded planes and columns x0..x0+16+2 ≤ W+2).
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        conv_image_avx2(g, packed, out, pad)
+        conv_image_avx2(g, packed, out, pad, kc)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn conv_image_avx2(g: &ConvGeom, packed: &[f32], out: &mut [f32], pad: &[f32]) {
+unsafe fn conv_image_avx2(g: &ConvGeom, packed: &[f32], out: &mut [f32], pad: &[f32], kc: usize) {
     let (h, w, cin) = (g.h, g.w, g.cin);
+    let k = cin * 9;
     let wp = w + 2;
     let plane_p = (h + 2) * wp;
     let plane = h * w;
-    let nv = if w.is_multiple_of(16) { 2 } else { 1 };
+    // Rows of 16k pixels: tiles of two vectors side by side; otherwise (W = 8, 24, ...) tiles of
+    // one vector on two consecutive rows, and a one-vector tile for an odd last row.
+    let along_row = w.is_multiple_of(16);
+    let (xs, os) = if along_row { (8, 8) } else { (wp, w) };
     let mut c0 = 0;
     while c0 < g.cout {
         let mr = MR.min(g.cout - c0);
-        let wk = packed.as_ptr().add(c0 * cin * 9);
-        for y in 0..h {
-            for x0 in (0..w).step_by(8 * nv) {
-                let xp = pad.as_ptr().add(y * wp + x0);
-                let o = out.as_mut_ptr().add(c0 * plane + y * w + x0);
+        let wk = packed.as_ptr().add(c0 * k);
+        let mut y = 0;
+        while y < h {
+            let nv = if along_row || y + 1 < h { 2 } else { 1 };
+            let x_step = if along_row { 16 } else { 8 };
+            for x0 in (0..w).step_by(x_step) {
                 let t = Tile {
-                    x: xp,
+                    x: pad.as_ptr().add(y * wp + x0),
+                    xs,
                     plane_p,
                     wp,
-                    cin,
                     w: wk,
-                    out: o,
+                    out: out.as_mut_ptr().add(c0 * plane + y * w + x0),
+                    os,
                     out_plane: plane,
                 };
-                match (mr, nv) {
-                    (6, 2) => t.run::<6, 2>(),
-                    (5, 2) => t.run::<5, 2>(),
-                    (4, 2) => t.run::<4, 2>(),
-                    (3, 2) => t.run::<3, 2>(),
-                    (2, 2) => t.run::<2, 2>(),
-                    (1, 2) => t.run::<1, 2>(),
-                    (6, _) => t.run::<6, 1>(),
-                    (5, _) => t.run::<5, 1>(),
-                    (4, _) => t.run::<4, 1>(),
-                    (3, _) => t.run::<3, 1>(),
-                    (2, _) => t.run::<2, 1>(),
-                    _ => t.run::<1, 1>(),
+                let mut k_lo = 0;
+                while k_lo < k {
+                    let k_hi = (k_lo + kc).min(k);
+                    let first = k_lo == 0;
+                    match (mr, nv) {
+                        (6, 2) => t.run::<6, 2>(k_lo, k_hi, first),
+                        (5, 2) => t.run::<5, 2>(k_lo, k_hi, first),
+                        (4, 2) => t.run::<4, 2>(k_lo, k_hi, first),
+                        (3, 2) => t.run::<3, 2>(k_lo, k_hi, first),
+                        (2, 2) => t.run::<2, 2>(k_lo, k_hi, first),
+                        (1, 2) => t.run::<1, 2>(k_lo, k_hi, first),
+                        (6, _) => t.run::<6, 1>(k_lo, k_hi, first),
+                        (5, _) => t.run::<5, 1>(k_lo, k_hi, first),
+                        (4, _) => t.run::<4, 1>(k_lo, k_hi, first),
+                        (3, _) => t.run::<3, 1>(k_lo, k_hi, first),
+                        (2, _) => t.run::<2, 1>(k_lo, k_hi, first),
+                        _ => t.run::<1, 1>(k_lo, k_hi, first),
+                    }
+                    k_lo = k_hi;
                 }
             }
+            y += if along_row { 1 } else { nv };
         }
         c0 += mr;
     }
 }
 
-/// One register tile: `M` output channels × `8·V` pixels of one output row.
+/// One register tile: `M` output channels × `V` vectors of 8 pixels, the vectors `xs` floats
+/// apart in the padded input and `os` apart in the output (side by side on a row, or on
+/// consecutive rows).
 #[cfg(target_arch = "x86_64")]
 struct Tile {
     /// Padded input at (channel 0, tile row, tile column): the top-left tap of the first pixel.
     x: *const f32,
+    xs: usize,
     plane_p: usize,
     /// Padded row length.
     wp: usize,
-    cin: usize,
     /// This channel block's packed weights.
     w: *const f32,
     /// Output at (first channel of the block, row, first pixel).
     out: *mut f32,
+    os: usize,
     out_plane: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Tile {
+    /// Sums the products of inner indices `k_lo..k_hi` (index `ci·9 + ky·3 + kx`) in order into
+    /// fresh accumulators, then stores them (`first`) or adds them to the output.
     #[inline(always)]
-    unsafe fn run<const M: usize, const V: usize>(&self) {
+    unsafe fn run<const M: usize, const V: usize>(&self, k_lo: usize, k_hi: usize, first: bool) {
         use std::arch::x86_64::*;
         let mut acc = [[_mm256_setzero_ps(); V]; M];
-        for ci in 0..self.cin {
-            let base = self.x.add(ci * self.plane_p);
-            let wci = self.w.add(ci * 9 * M);
-            for ky in 0..3 {
-                let row = base.add(ky * self.wp);
-                for kx in 0..3 {
-                    let mut xv = [_mm256_setzero_ps(); V];
-                    for (v, xv) in xv.iter_mut().enumerate() {
-                        *xv = _mm256_loadu_ps(row.add(kx + 8 * v));
-                    }
-                    let wt = wci.add((ky * 3 + kx) * M);
-                    for (m, acc) in acc.iter_mut().enumerate() {
-                        let b = _mm256_broadcast_ss(&*wt.add(m));
-                        for (a, xv) in acc.iter_mut().zip(&xv) {
-                            *a = _mm256_fmadd_ps(b, *xv, *a);
+        let step = |acc: &mut [[__m256; V]; M], kk: usize| {
+            let (ci, t) = (kk / 9, kk % 9);
+            let row = self.x.add(ci * self.plane_p + (t / 3) * self.wp + t % 3);
+            let wt = self.w.add(kk * M);
+            let xv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(row.add(v * self.xs)));
+            for (m, acc) in acc.iter_mut().enumerate() {
+                let b = _mm256_broadcast_ss(&*wt.add(m));
+                for (a, xv) in acc.iter_mut().zip(&xv) {
+                    *a = _mm256_fmadd_ps(b, *xv, *a);
+                }
+            }
+        };
+        // Partial channels at either end of the block one tap at a time; whole channels with
+        // their nine taps unrolled.
+        let (ci_lo, ci_hi) = (k_lo.div_ceil(9), k_hi / 9);
+        if ci_lo > ci_hi {
+            (k_lo..k_hi).for_each(|kk| step(&mut acc, kk));
+        } else {
+            (k_lo..ci_lo * 9).for_each(|kk| step(&mut acc, kk));
+            for ci in ci_lo..ci_hi {
+                let base = self.x.add(ci * self.plane_p);
+                let wci = self.w.add(ci * 9 * M);
+                for ky in 0..3 {
+                    let row = base.add(ky * self.wp);
+                    for kx in 0..3 {
+                        let xv: [__m256; V] =
+                            std::array::from_fn(|v| _mm256_loadu_ps(row.add(kx + v * self.xs)));
+                        let wt = wci.add((ky * 3 + kx) * M);
+                        for (m, acc) in acc.iter_mut().enumerate() {
+                            let b = _mm256_broadcast_ss(&*wt.add(m));
+                            for (a, xv) in acc.iter_mut().zip(&xv) {
+                                *a = _mm256_fmadd_ps(b, *xv, *a);
+                            }
                         }
                     }
                 }
             }
+            (ci_hi * 9..k_hi).for_each(|kk| step(&mut acc, kk));
         }
         for (m, acc) in acc.iter().enumerate() {
             for (v, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(self.out.add(m * self.out_plane + 8 * v), *a);
+                let o = self.out.add(m * self.out_plane + v * self.os);
+                let sum = if first {
+                    *a
+                } else {
+                    _mm256_add_ps(*a, _mm256_loadu_ps(o))
+                };
+                _mm256_storeu_ps(o, sum);
             }
         }
     }
@@ -208,42 +263,20 @@ impl Tile {
 
 /// Whether [`weight_grad_chunk`] handles this convolution's weight gradient.
 ///
-/// Beyond the 3×3 'same' geometry: output channels in whole AVX2 vectors, and products large
-/// enough that `gemm` runs its general kernels (it hands `m·n ≤ 256` to a horizontal kernel and
-/// inner dimensions ≤ 2 to another, with other summation orders).
+/// Any kernel size, stride and padding; one group; output channels in whole AVX2 vectors; and
+/// products large enough that `gemm` runs its general kernels (it hands `m·n ≤ 256` to a
+/// horizontal kernel and inner dimensions ≤ 2 to another, with other summation orders).
 pub(crate) fn weight_grad_applies(g: &ConvGeom) -> bool {
-    g.kh == 3
-        && g.kw == 3
-        && g.stride == 1
-        && g.pad == 1
-        && g.groups == 1
+    g.groups == 1
         && g.cout.is_multiple_of(8)
         && g.cout * g.k_g() > 256
-        && g.h * g.w >= 8
+        && g.k_g() <= MAX_K
+        && g.cout <= MAX_COUT
+        && g.p() >= 8
         && cpu_has_avx2_fma()
 }
 
-/// The K block length `gemm` uses for an `m×k · k×n` product: it sums each block's products in
-/// registers and adds the block to the destination, so matching its sums means matching this.
-fn gemm_kc(m: usize, n: usize, k: usize) -> usize {
-    if m <= 64 && n <= 64 {
-        // gemm-common's shortcut for small products (`gemm_basic_generic`).
-        return k.min(512);
-    }
-    // The f32 register tile gemm picks: 3×16 × 6 with AVX-512 (gemm's `x86-v4` feature), else
-    // 2×8 × 6.
-    #[cfg(target_arch = "x86_64")]
-    let mr = if std::is_x86_feature_detected!("avx512f") {
-        48
-    } else {
-        16
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let mr = 16;
-    gemm_common::cache::kernel_params(m, n, k, mr, 6, 4).kc
-}
-
-/// Adds the weight gradient of images `b0..b0+nb` to `dw` (Cout × Cin·9, row-major) exactly as
+/// Adds the weight gradient of images `b0..b0+nb` to `dw` (Cout × Cin·KH·KW, row-major) exactly as
 /// the im2col + `gemm` route does: `dW += dY (Cout × nb·P) · colsᵀ`, each K block of columns
 /// summed in column order into a fresh register and then added to `dw`.
 ///
@@ -268,10 +301,10 @@ pub(crate) fn weight_grad_chunk(
         weight_grad_applies(g),
         "direct weight gradient called for {g:?}"
     );
-    let (h, w, cin, cout) = (g.h, g.w, g.cin, g.cout);
-    let (p, k) = (h * w, cin * 9);
-    let wp = w + 2;
-    let plane_p = (h + 2) * wp;
+    let (cin, cout, taps) = (g.cin, g.cout, g.kh * g.kw);
+    let (p, k) = (g.p(), g.k_g());
+    let wp = g.w + 2 * g.pad;
+    let plane_p = (g.h + 2 * g.pad) * wp;
     let img_p = cin * plane_p;
     let ld = nb * p;
     assert!(dw.len() >= cout * k);
@@ -279,19 +312,8 @@ pub(crate) fn weight_grad_chunk(
     // column's output gradients are one contiguous vector load per 8 channels.
     let pad = super::scratch::sized(pad, nb * img_p);
     for i in 0..nb {
-        let xi = &x[x_img(b0 + i)..];
-        for c in 0..cin {
-            let src = &xi[c * x_sc..c * x_sc + p];
-            let dst = &mut pad[i * img_p + c * plane_p..i * img_p + (c + 1) * plane_p];
-            dst[..wp].fill(0.0);
-            dst[(h + 1) * wp..].fill(0.0);
-            for y in 0..h {
-                let row = &mut dst[(y + 1) * wp..(y + 2) * wp];
-                row[0] = 0.0;
-                row[wp - 1] = 0.0;
-                row[1..=w].copy_from_slice(&src[y * w..(y + 1) * w]);
-            }
-        }
+        let dst = &mut pad[i * img_p..(i + 1) * img_p];
+        fill_padded(g, &x[x_img(b0 + i)..], x_sc, cin, g.pad, dst);
     }
     let dyt = super::scratch::sized(dyt, ld * cout);
     for i in 0..nb {
@@ -303,20 +325,22 @@ pub(crate) fn weight_grad_chunk(
             }
         }
     }
-    // Column c (image i, pixel y·W + x) reads tap (ci, ky, kx) at col_off[c] + k_off[ci·9+ky·3+kx].
+    // Column c (image i, output pixel oy·OW + ox) reads tap (ci, ky, kx), inner index
+    // ci·KH·KW + ky·KW + kx, at col_off[c] + k_off[that index] in the padded chunk.
     let col_off: Vec<u32> = (0..ld)
         .map(|c| {
             let (i, j) = (c / p, c % p);
-            (i * img_p + (j / w) * wp + j % w) as u32
+            let (oy, ox) = (j / g.ow, j % g.ow);
+            (i * img_p + oy * g.stride * wp + ox * g.stride) as u32
         })
         .collect();
     let k_off: Vec<u32> = (0..k)
         .map(|kk| {
-            let (ci, t) = (kk / 9, kk % 9);
-            (ci * plane_p + (t / 3) * wp + t % 3) as u32
+            let (ci, t) = (kk / taps, kk % taps);
+            (ci * plane_p + (t / g.kw) * wp + t % g.kw) as u32
         })
         .collect();
-    let kc = gemm_kc(cout, k, ld);
+    let kc = super::gemm::k_block(cout, k, ld);
     let mut c_lo = 0;
     while c_lo < ld {
         let c_hi = (c_lo + kc).min(ld);
@@ -344,13 +368,19 @@ pub(crate) fn weight_grad_chunk(
                 // (co < cout, k0 + T ≤ k).
                 k0 += unsafe {
                     match (v, left) {
-                        (4, _) => t.run::<4, 3>(&k_off[k0..]),
+                        (4, 3..) => t.run::<4, 3>(&k_off[k0..]),
+                        (4, 2) => t.run::<4, 2>(&k_off[k0..]),
+                        (4, _) => t.run::<4, 1>(&k_off[k0..]),
                         (2, 6..) => t.run::<2, 6>(&k_off[k0..]),
-                        (2, _) => t.run::<2, 3>(&k_off[k0..]),
+                        (2, 3..) => t.run::<2, 3>(&k_off[k0..]),
+                        (2, 2) => t.run::<2, 2>(&k_off[k0..]),
+                        (2, _) => t.run::<2, 1>(&k_off[k0..]),
                         (_, 12..) => t.run::<1, 12>(&k_off[k0..]),
                         (_, 9..) => t.run::<1, 9>(&k_off[k0..]),
                         (_, 6..) => t.run::<1, 6>(&k_off[k0..]),
-                        _ => t.run::<1, 3>(&k_off[k0..]),
+                        (_, 3..) => t.run::<1, 3>(&k_off[k0..]),
+                        (_, 2) => t.run::<1, 2>(&k_off[k0..]),
+                        _ => t.run::<1, 1>(&k_off[k0..]),
                     }
                 };
             }
@@ -376,7 +406,7 @@ struct WgTile<'a> {
 }
 
 impl WgTile<'_> {
-    /// Returns T (columns of dW done). K = Cin·9 is a multiple of 3, so T = 3 always fits.
+    /// Returns T (columns of dW done).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run<const V: usize, const T: usize>(&self, k_off: &[u32]) -> usize {

@@ -318,8 +318,10 @@ fn batch_norm_eval_matches_reference() -> Result<()> {
 
 /// The direct 3×3 kernel must reproduce the im2col + gemm route bit for bit (see `direct.rs`), so
 /// switching routes leaves cached results valid. Shapes: tile remainders (Cout not a multiple of
-/// 6), one- and two-vector rows (W = 8, 24, 16, 32), the largest single-block inner dimension
-/// (Cin·9 = 504), and a channel-sliced input view.
+/// 6), two-vector rows (W = 16, 32) and two-row tiles with an odd last row (W = 8, 24), inner
+/// dimensions of one K block (Cin·9 ≤ 504) and of two (576 split evenly, or at 512 for a one-image
+/// chunk of gemm's small-product shortcut; 900 not on a channel boundary), a tiny product, and a
+/// channel-sliced input view.
 #[test]
 fn direct_conv_is_bit_identical_to_the_gemm_route() {
     use super::conv::{forward_direct, forward_gemm};
@@ -334,6 +336,10 @@ fn direct_conv_is_bit_identical_to_the_gemm_route() {
         (1, 56, 7, 4, 16, 0),
         (2, 5, 13, 9, 24, 0),
         (3, 4, 11, 6, 16, 3),
+        (9, 64, 64, 8, 8, 0),
+        (1, 64, 32, 8, 8, 0),
+        (3, 100, 12, 7, 8, 0),
+        (1, 3, 4, 1, 8, 0),
     ] {
         let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, 3, 3], 1, 1, 1).unwrap();
         if !direct::applies(&g) {
@@ -368,8 +374,8 @@ fn direct_conv_is_bit_identical_to_the_gemm_route() {
 /// same K blocks, same order of sums. Shapes: one image per chunk with two K blocks (32×32), several
 /// images per chunk (8×8, 4×4), 8/16/24/32/64 output channels (tile widths 1, 2, 4 vectors and
 /// their mixes), Cin·9 not a multiple of the 6- and 12-wide tiles (Cin = 3, 5), the small-product
-/// shortcut of gemm (Cout·Cin·9 ≤ 64·64), a channel-sliced input, and batches smaller than the
-/// thread count.
+/// shortcut of gemm (Cout·Cin·9 ≤ 64·64), a channel-sliced input, batches smaller than the
+/// thread count, and the downsampling geometries (3×3 and 1×1 at stride 2, 5×5 stride 2 pad 2).
 #[test]
 fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
     use super::conv::backward_routes;
@@ -377,16 +383,22 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
     use super::im2col::ConvGeom;
     use super::storage::PlanarView;
     let mut rng = ChaCha8Rng::seed_from_u64(10);
-    for (n, cin, cout, h, w, extra_channels) in [
-        (3, 16, 16, 32, 32, 0),
-        (5, 32, 32, 8, 8, 0),
-        (9, 5, 24, 4, 4, 0),
-        (2, 3, 16, 32, 32, 0),
-        (4, 64, 64, 8, 8, 0),
-        (1, 7, 8, 6, 10, 2),
-        (6, 4, 40, 5, 7, 1),
+    for (n, cin, cout, h, w, extra_channels, k, stride, pad) in [
+        (3, 16, 16, 32, 32, 0, 3, 1, 1),
+        (5, 32, 32, 8, 8, 0, 3, 1, 1),
+        (9, 5, 24, 4, 4, 0, 3, 1, 1),
+        (2, 3, 16, 32, 32, 0, 3, 1, 1),
+        (4, 64, 64, 8, 8, 0, 3, 1, 1),
+        (1, 7, 8, 6, 10, 2, 3, 1, 1),
+        (6, 4, 40, 5, 7, 1, 3, 1, 1),
+        // Downsampling: 3×3 stride 2 and 1×1 stride 2 (inner dimension Cin, not a multiple of 3).
+        (3, 16, 32, 32, 32, 0, 3, 2, 1),
+        (5, 32, 64, 16, 16, 1, 3, 2, 1),
+        (4, 16, 32, 32, 32, 0, 1, 2, 0),
+        (7, 64, 128, 8, 8, 0, 1, 2, 0),
+        (2, 10, 16, 9, 9, 0, 5, 2, 2),
     ] {
-        let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, 3, 3], 1, 1, 1).unwrap();
+        let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, k, k], stride, pad, 1).unwrap();
         if !direct::weight_grad_applies(&g) {
             assert!(
                 !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma"),
@@ -399,8 +411,8 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
         let mut vals =
             |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect() };
         let x = vals(n * c_all * h * w);
-        let wt = vals(cout * cin * 9);
-        let dy = vals(n * cout * h * w);
+        let wt = vals(cout * cin * k * k);
+        let dy = vals(n * cout * g.p());
         let xv = PlanarView {
             offset: extra_channels.min(1) * h * w,
             sn: c_all * h * w,
@@ -408,8 +420,8 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
         };
         let dyv = PlanarView {
             offset: 0,
-            sn: cout * h * w,
-            sc: h * w,
+            sn: cout * g.p(),
+            sc: g.p(),
         };
         let (_, a) = backward_routes(&g, &x, &xv, &wt, &dy, &dyv, false, true, true);
         let (_, b) = backward_routes(&g, &x, &xv, &wt, &dy, &dyv, false, true, false);
@@ -423,7 +435,7 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
         assert!(
             same,
             "direct and gemm weight gradients differ (max {worst:e}) for {:?}",
-            (n, cin, cout, h, w, extra_channels)
+            (n, cin, cout, h, w, extra_channels, k, stride, pad)
         );
     }
 }
