@@ -30,10 +30,10 @@ const MAX_COUT: usize = 64;
 pub(crate) fn applies(g: &ConvGeom) -> bool {
     g.kh == 3
         && g.kw == 3
-        && g.stride == 1
+        && (g.stride == 1 || (g.stride == 2 && g.w.is_multiple_of(2)))
         && g.pad == 1
         && g.groups == 1
-        && g.w.is_multiple_of(8)
+        && g.ow.is_multiple_of(8)
         && g.k_g() <= MAX_K
         && g.cout <= MAX_COUT
         && cpu_has_avx2_fma()
@@ -75,6 +75,91 @@ pub(crate) fn padded_len(g: &ConvGeom) -> usize {
     g.cin * (g.h + 2) * (g.w + 2)
 }
 
+/// Where the forward tiles find their inputs in the padded copy of an image.
+///
+/// Stride 1: plain zero-bordered planes. Stride 2: each padded plane split into its even and its
+/// odd columns (two sub-planes of (W+2)/2 columns), so the 8 input columns a tap reads for 8
+/// consecutive outputs (columns 2x + kx) are again 8 consecutive floats.
+struct InputMap {
+    /// Floats per input channel.
+    plane_p: usize,
+    /// Offset of tap `ky·3 + kx` for the output pixel (0, 0).
+    taps: [usize; 9],
+    /// Offset between output rows `oy` and `oy + 1` (between columns it is always 1).
+    row: usize,
+}
+
+impl InputMap {
+    fn new(g: &ConvGeom) -> Self {
+        let wp = g.w + 2;
+        let hp = g.h + 2;
+        if g.stride == 1 {
+            Self {
+                plane_p: hp * wp,
+                taps: std::array::from_fn(|t| (t / 3) * wp + t % 3),
+                row: wp,
+            }
+        } else {
+            let half = wp / 2;
+            // Column 2x + kx: kx = 0 → even column x, 1 → odd column x, 2 → even column x + 1.
+            let col = [0, hp * half, 1];
+            Self {
+                plane_p: 2 * hp * half,
+                taps: std::array::from_fn(|t| (t / 3) * half + col[t % 3]),
+                row: 2 * half,
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for rows of a few dozen floats: fixed 8-float moves the compiler
+/// inlines, where `copy_from_slice` calls `memcpy` (a function call per 4–32-float row showed as
+/// several percent of a training step).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// Writes the padded copy [`InputMap`] describes: the zero-bordered planes, split into even and
+/// odd columns for stride 2.
+fn fill_input(g: &ConvGeom, x: &[f32], sc: usize, pad: &mut [f32]) {
+    if g.stride == 1 {
+        return fill_padded(g, x, sc, g.cin, 1, pad);
+    }
+    let (h, w) = (g.h, g.w);
+    let half = (w + 2) / 2;
+    let sub = (h + 2) * half;
+    for c in 0..g.cin {
+        let src = &x[c * sc..c * sc + h * w];
+        let (even, odd) = pad[c * 2 * sub..(c + 1) * 2 * sub].split_at_mut(sub);
+        even[..half].fill(0.0);
+        odd[..half].fill(0.0);
+        even[(h + 1) * half..].fill(0.0);
+        odd[(h + 1) * half..].fill(0.0);
+        for y in 0..h {
+            // Padded column j holds input column j − 1: even j ↔ odd input columns, and back.
+            let s = &src[y * w..(y + 1) * w];
+            let (e, o) = (
+                &mut even[(y + 1) * half..(y + 2) * half],
+                &mut odd[(y + 1) * half..(y + 2) * half],
+            );
+            e[0] = 0.0;
+            o[half - 1] = 0.0;
+            for (j, pair) in s.chunks_exact(2).enumerate() {
+                o[j] = pair[0];
+                e[j + 1] = pair[1];
+            }
+        }
+    }
+}
+
 /// Copies `channels` planes of one image (plane stride `sc`) into `pad` with a zero border `b`
 /// wide: planes of (H+2b)·(W+2b) floats.
 fn fill_padded(g: &ConvGeom, x: &[f32], sc: usize, channels: usize, b: usize, pad: &mut [f32]) {
@@ -90,7 +175,7 @@ fn fill_padded(g: &ConvGeom, x: &[f32], sc: usize, channels: usize, b: usize, pa
             let row = &mut dst[(y + b) * wp..(y + b + 1) * wp];
             row[..b].fill(0.0);
             row[b + w..].fill(0.0);
-            row[b..b + w].copy_from_slice(&src[y * w..(y + 1) * w]);
+            copy_short(&mut row[b..b + w], &src[y * w..(y + 1) * w]);
         }
     }
 }
@@ -112,11 +197,12 @@ pub(crate) fn conv_image(
         applies(g),
         "direct conv called for an unsupported geometry {g:?}"
     );
-    assert!(pad.len() >= padded_len(g) && out.len() >= g.cout * g.h * g.w);
+    assert!(pad.len() >= padded_len(g) && out.len() >= g.cout * g.p());
     assert!(packed.len() >= g.cout * g.cin * 9 && kc > 0);
-    fill_padded(g, x, sc, g.cin, 1, pad);
-    // SAFETY: `applies` checked AVX2 + FMA; the asserts above bound every pointer the tiles form
-    // (a tile reads rows y..y+4 of the padded planes and columns x0..x0+16+2 ≤ W+2).
+    fill_input(g, x, sc, pad);
+    // SAFETY: `applies` checked AVX2 + FMA; the asserts above bound every pointer the tiles form:
+    // a tile reads, per channel, the rows of its outputs' taps and 16 + 2 columns from its first
+    // output's, all inside the padded copy `InputMap` describes.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         conv_image_avx2(g, packed, out, pad, kc)
@@ -126,15 +212,14 @@ pub(crate) fn conv_image(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn conv_image_avx2(g: &ConvGeom, packed: &[f32], out: &mut [f32], pad: &[f32], kc: usize) {
-    let (h, w, cin) = (g.h, g.w, g.cin);
+    let (h, w, cin) = (g.oh, g.ow, g.cin);
     let k = cin * 9;
-    let wp = w + 2;
-    let plane_p = (h + 2) * wp;
+    let map = InputMap::new(g);
     let plane = h * w;
     // Rows of 16k pixels: tiles of two vectors side by side; otherwise (W = 8, 24, ...) tiles of
     // one vector on two consecutive rows, and a one-vector tile for an odd last row.
     let along_row = w.is_multiple_of(16);
-    let (xs, os) = if along_row { (8, 8) } else { (wp, w) };
+    let (xs, os) = if along_row { (8, 8) } else { (map.row, w) };
     let mut c0 = 0;
     while c0 < g.cout {
         let mr = MR.min(g.cout - c0);
@@ -145,10 +230,10 @@ unsafe fn conv_image_avx2(g: &ConvGeom, packed: &[f32], out: &mut [f32], pad: &[
             let x_step = if along_row { 16 } else { 8 };
             for x0 in (0..w).step_by(x_step) {
                 let t = Tile {
-                    x: pad.as_ptr().add(y * wp + x0),
+                    x: pad.as_ptr().add(y * map.row + x0),
                     xs,
-                    plane_p,
-                    wp,
+                    plane_p: map.plane_p,
+                    taps: map.taps,
                     w: wk,
                     out: out.as_mut_ptr().add(c0 * plane + y * w + x0),
                     os,
@@ -190,8 +275,8 @@ struct Tile {
     x: *const f32,
     xs: usize,
     plane_p: usize,
-    /// Padded row length.
-    wp: usize,
+    /// Offsets of the nine taps (see [`InputMap`]).
+    taps: [usize; 9],
     /// This channel block's packed weights.
     w: *const f32,
     /// Output at (first channel of the block, row, first pixel).
@@ -210,7 +295,7 @@ impl Tile {
         let mut acc = [[_mm256_setzero_ps(); V]; M];
         let step = |acc: &mut [[__m256; V]; M], kk: usize| {
             let (ci, t) = (kk / 9, kk % 9);
-            let row = self.x.add(ci * self.plane_p + (t / 3) * self.wp + t % 3);
+            let row = self.x.add(ci * self.plane_p + self.taps[t]);
             let wt = self.w.add(kk * M);
             let xv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(row.add(v * self.xs)));
             for (m, acc) in acc.iter_mut().enumerate() {
@@ -230,17 +315,15 @@ impl Tile {
             for ci in ci_lo..ci_hi {
                 let base = self.x.add(ci * self.plane_p);
                 let wci = self.w.add(ci * 9 * M);
-                for ky in 0..3 {
-                    let row = base.add(ky * self.wp);
-                    for kx in 0..3 {
-                        let xv: [__m256; V] =
-                            std::array::from_fn(|v| _mm256_loadu_ps(row.add(kx + v * self.xs)));
-                        let wt = wci.add((ky * 3 + kx) * M);
-                        for (m, acc) in acc.iter_mut().enumerate() {
-                            let b = _mm256_broadcast_ss(&*wt.add(m));
-                            for (a, xv) in acc.iter_mut().zip(&xv) {
-                                *a = _mm256_fmadd_ps(b, *xv, *a);
-                            }
+                for (t, &tap) in self.taps.iter().enumerate() {
+                    let row = base.add(tap);
+                    let xv: [__m256; V] =
+                        std::array::from_fn(|v| _mm256_loadu_ps(row.add(v * self.xs)));
+                    let wt = wci.add(t * M);
+                    for (m, acc) in acc.iter_mut().enumerate() {
+                        let b = _mm256_broadcast_ss(&*wt.add(m));
+                        for (a, xv) in acc.iter_mut().zip(&xv) {
+                            *a = _mm256_fmadd_ps(b, *xv, *a);
                         }
                     }
                 }
@@ -318,12 +401,9 @@ pub(crate) fn weight_grad_chunk(
     let dyt = super::scratch::sized(dyt, ld * cout);
     for i in 0..nb {
         let di = &dy[dy_img(b0 + i)..];
-        for co in 0..cout {
-            let src = &di[co * dy_sc..co * dy_sc + p];
-            for (j, v) in src.iter().enumerate() {
-                dyt[(i * p + j) * cout + co] = *v;
-            }
-        }
+        let dst = &mut dyt[i * p * cout..(i + 1) * p * cout];
+        // SAFETY: `weight_grad_applies` checked AVX2.
+        unsafe { transpose_planes(di, dy_sc, cout, p, dst) };
     }
     // Column c (image i, output pixel oy·OW + ox) reads tap (ci, ky, kx), inner index
     // ci·KH·KW + ky·KW + kx, at col_off[c] + k_off[that index] in the padded chunk.
@@ -388,6 +468,61 @@ pub(crate) fn weight_grad_chunk(
         }
         c_lo = c_hi;
     }
+}
+
+/// `dst[j·rows + r] = src[r·sc + j]` for `r < rows` (a multiple of 8), `j < cols`: 8×8 blocks
+/// through registers, the last `cols % 8` columns one by one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_planes(src: &[f32], sc: usize, rows: usize, cols: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(rows.is_multiple_of(8) && src.len() >= (rows - 1) * sc + cols);
+    assert!(dst.len() >= rows * cols);
+    let full = cols / 8 * 8;
+    for r0 in (0..rows).step_by(8) {
+        for j0 in (0..full).step_by(8) {
+            let s = src.as_ptr().add(r0 * sc + j0);
+            let row = |r: usize| _mm256_loadu_ps(s.add(r * sc));
+            let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+            let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
+            let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+            let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+            let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
+            let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            let d = dst.as_mut_ptr().add(j0 * rows + r0);
+            for (j, v) in out.iter().enumerate() {
+                _mm256_storeu_ps(d.add(j * rows), *v);
+            }
+        }
+        for r in r0..r0 + 8 {
+            for j in full..cols {
+                dst[j * rows + r] = src[r * sc + j];
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_planes(_: &[f32], _: usize, _: usize, _: usize, _: &mut [f32]) {
+    unreachable!("weight_grad_applies is false off x86-64")
 }
 
 /// One weight-gradient register tile: `8·V` output channels × `T` consecutive `(ci, tap)`

@@ -319,9 +319,9 @@ fn batch_norm_eval_matches_reference() -> Result<()> {
 /// The direct 3×3 kernel must reproduce the im2col + gemm route bit for bit (see `direct.rs`), so
 /// switching routes leaves cached results valid. Shapes: tile remainders (Cout not a multiple of
 /// 6), two-vector rows (W = 16, 32) and two-row tiles with an odd last row (W = 8, 24), inner
-/// dimensions of one K block (Cin·9 ≤ 504) and of two (576 split evenly, or at 512 for a one-image
-/// chunk of gemm's small-product shortcut; 900 not on a channel boundary), a tiny product, and a
-/// channel-sliced input view.
+/// dimensions of one K block (Cin·9 ≤ 504) and of two (576 split evenly; 540 split at 512, not on a
+/// channel boundary, for a one-image chunk of gemm's small-product shortcut), a tiny product, a
+/// channel-sliced input view, and stride 2.
 #[test]
 fn direct_conv_is_bit_identical_to_the_gemm_route() {
     use super::conv::{forward_direct, forward_gemm};
@@ -329,20 +329,28 @@ fn direct_conv_is_bit_identical_to_the_gemm_route() {
     use super::im2col::ConvGeom;
     use super::storage::PlanarView;
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    for (n, cin, cout, h, w, extra_channels) in [
-        (2, 3, 16, 5, 8, 0),
-        (3, 16, 16, 32, 32, 0),
-        (2, 32, 32, 16, 16, 0),
-        (1, 56, 7, 4, 16, 0),
-        (2, 5, 13, 9, 24, 0),
-        (3, 4, 11, 6, 16, 3),
-        (9, 64, 64, 8, 8, 0),
-        (1, 64, 32, 8, 8, 0),
-        (3, 100, 12, 7, 8, 0),
-        (1, 3, 4, 1, 8, 0),
+    for (n, cin, cout, h, w, extra_channels, stride) in [
+        // Stride 2 (even/odd column split): 16- and 8-wide outputs, odd input height.
+        (3, 16, 32, 32, 32, 0, 2),
+        (2, 32, 64, 16, 16, 1, 2),
+        (2, 5, 13, 9, 16, 0, 2),
+        (2, 3, 16, 5, 8, 0, 1),
+        (3, 16, 16, 32, 32, 0, 1),
+        (2, 32, 32, 16, 16, 0, 1),
+        (1, 56, 7, 4, 16, 0, 1),
+        (2, 5, 13, 9, 24, 0, 1),
+        (3, 4, 11, 6, 16, 3, 1),
+        (9, 64, 64, 8, 8, 0, 1),
+        (1, 64, 32, 8, 8, 0, 1),
+        (1, 60, 12, 7, 8, 0, 1),
+        (1, 3, 4, 1, 8, 0, 1),
     ] {
-        let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, 3, 3], 1, 1, 1).unwrap();
+        let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, 3, 3], stride, 1, 1).unwrap();
         if !direct::applies(&g) {
+            assert!(
+                !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma"),
+                "direct conv refused {g:?}"
+            );
             eprintln!("direct conv not available on this CPU (needs AVX2 + FMA): skipped");
             return;
         }
@@ -365,7 +373,7 @@ fn direct_conv_is_bit_identical_to_the_gemm_route() {
         assert!(
             same,
             "direct and gemm routes differ for {:?}",
-            (n, cin, cout, h, w, extra_channels)
+            (n, cin, cout, h, w, extra_channels, stride)
         );
     }
 }
@@ -395,7 +403,7 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
         (3, 16, 32, 32, 32, 0, 3, 2, 1),
         (5, 32, 64, 16, 16, 1, 3, 2, 1),
         (4, 16, 32, 32, 32, 0, 1, 2, 0),
-        (7, 64, 128, 8, 8, 0, 1, 2, 0),
+        (7, 48, 64, 8, 8, 0, 1, 2, 0),
         (2, 10, 16, 9, 9, 0, 5, 2, 2),
     ] {
         let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, k, k], stride, pad, 1).unwrap();
