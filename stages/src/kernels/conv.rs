@@ -542,3 +542,27 @@ pub(crate) fn conv2d(
         },
     )
 }
+
+/// [`forward`] for the kernel tests.
+#[cfg(test)]
+pub(super) fn forward_pub(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
+    forward(g, x, xv, w)
+}
+
+/// The input gradient by the route [`Conv2dOp::bwd`] takes, for the kernel tests.
+#[cfg(test)]
+pub(super) fn input_grad_pub(
+    g: &ConvGeom,
+    x: &[f32],
+    xv: &PlanarView,
+    w: &[f32],
+    dy: &[f32],
+    dyv: &PlanarView,
+) -> Vec<f32> {
+    match input_grad_geom(g) {
+        Some(dg) => forward(&dg, dy, dyv, &transpose_flip(g, w)),
+        None => backward_routes(g, x, xv, w, dy, dyv, true, false, true)
+            .0
+            .expect("input gradient requested"),
+    }
+}

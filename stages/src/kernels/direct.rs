@@ -6,7 +6,7 @@
 //! buffer and AVX2/FMA register tiles read the shifted input rows straight from it:
 //! - forward (and, through the transposed-weight formulation in `conv.rs`, the input gradient of
 //!   stride-1 convolutions): up to 6 output channels × 16 pixels per tile;
-//! - weight gradient: 8–32 output channels × 3–12 `(ci, tap)` columns per tile, summed over the
+//! - weight gradient: 8–16 output channels × 1–12 `(ci, tap)` columns per tile, summed over the
 //!   chunk's pixels, with the output gradient transposed so 8 channels are one vector load.
 //!
 //! **Bit-identical to the im2col + `gemm` route.** `gemm` computes every output element as chains
@@ -426,7 +426,10 @@ pub(crate) fn weight_grad_chunk(
         let c_hi = (c_lo + kc).min(ld);
         let mut co0 = 0;
         while co0 < cout {
-            let v = [4, 2, 1]
+            // 16 channels × 6 columns (2 vector loads + 6 broadcasts per 12 FMAs) ran stages of
+            // 32 and 64 channels ~1.5× faster than 32 × 3 (4 + 3), whose wider output-gradient
+            // rows fell out of L1.
+            let v = [2, 1]
                 .into_iter()
                 .find(|v| co0 + 8 * v <= cout)
                 .expect("cout is a multiple of 8");
@@ -448,9 +451,6 @@ pub(crate) fn weight_grad_chunk(
                 // (co < cout, k0 + T ≤ k).
                 k0 += unsafe {
                     match (v, left) {
-                        (4, 3..) => t.run::<4, 3>(&k_off[k0..]),
-                        (4, 2) => t.run::<4, 2>(&k_off[k0..]),
-                        (4, _) => t.run::<4, 1>(&k_off[k0..]),
                         (2, 6..) => t.run::<2, 6>(&k_off[k0..]),
                         (2, 3..) => t.run::<2, 3>(&k_off[k0..]),
                         (2, 2) => t.run::<2, 2>(&k_off[k0..]),

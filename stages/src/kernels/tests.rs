@@ -447,3 +447,81 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
         );
     }
 }
+
+/// Where the small ResNet's convolution time goes at batch 256: each geometry's forward, input
+/// gradient and weight gradient through the routes training takes, in ms per call × calls per
+/// step. A probe, not a test: `cargo test --release -p semiflow-stages --lib conv_time_probe --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn conv_time_probe() {
+    use super::conv::{backward_routes, forward_gemm};
+    use super::direct;
+    use super::im2col::ConvGeom;
+    use super::storage::PlanarView;
+    use std::time::Instant;
+    let n = 256;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut total = 0.0;
+    // (cin, cout, side, k, stride, pad, calls per step)
+    for (cin, cout, side, k, stride, pad, calls) in [
+        (3, 16, 32, 3, 1, 1, 1),
+        (16, 16, 32, 3, 1, 1, 4),
+        (16, 32, 32, 3, 2, 1, 1),
+        (16, 32, 32, 1, 2, 0, 1),
+        (32, 32, 16, 3, 1, 1, 3),
+        (32, 64, 16, 3, 2, 1, 1),
+        (32, 64, 16, 1, 2, 0, 1),
+        (64, 64, 8, 3, 1, 1, 3),
+        (64, 128, 8, 3, 2, 1, 1),
+        (64, 128, 8, 1, 2, 0, 1),
+        (128, 128, 4, 3, 1, 1, 3),
+    ] {
+        let g = ConvGeom::new(&[n, cin, side, side], &[cout, cin, k, k], stride, pad, 1).unwrap();
+        let mut vals =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect() };
+        let x = vals(n * cin * side * side);
+        let w = vals(cout * cin * k * k);
+        let dy = vals(n * cout * g.p());
+        let xv = PlanarView {
+            offset: 0,
+            sn: cin * side * side,
+            sc: side * side,
+        };
+        let dyv = PlanarView {
+            offset: 0,
+            sn: cout * g.p(),
+            sc: g.p(),
+        };
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let t = Instant::now();
+            for _ in 0..3 {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1000.0 / 3.0
+        };
+        let fwd = time(&mut || {
+            std::hint::black_box(super::conv::forward_pub(&g, &x, &xv, &w));
+        });
+        let fwd_gemm = time(&mut || {
+            std::hint::black_box(forward_gemm(&g, &x, &xv, &w));
+        });
+        let dw = time(&mut || {
+            std::hint::black_box(backward_routes(
+                &g, &x, &xv, &w, &dy, &dyv, false, true, true,
+            ));
+        });
+        let dx = time(&mut || {
+            std::hint::black_box(super::conv::input_grad_pub(&g, &x, &xv, &w, &dy, &dyv));
+        });
+        let per_step = (fwd + dw + dx) * calls as f64;
+        total += per_step;
+        println!(
+            "{cin:>3}->{cout:<3} {side:>2}² k{k} s{stride} x{calls}: fwd {fwd:6.1} (gemm {fwd_gemm:6.1}, direct {}) dX {dx:6.1} dW {dw:6.1} (direct {}) ms -> {per_step:6.1} ms/step",
+            direct::applies(&g),
+            direct::weight_grad_applies(&g)
+        );
+    }
+    println!("total {total:.1} ms per step");
+}
