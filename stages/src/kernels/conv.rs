@@ -1,5 +1,7 @@
 //! conv2d as a candle custom op: forward, input gradient and weight gradient are each
-//! im2col/col2im plus one f32 GEMM per group over a chunk of images.
+//! im2col/col2im plus one f32 GEMM per group over a chunk of images, or, where `direct.rs`
+//! applies (narrow layers), the direct kernels that compute the same sums without the column
+//! matrix.
 //!
 //! Parallelism is coarse: the batch is cut into chunks of images, chunks run on rayon's threads,
 //! and each chunk's GEMMs run single-threaded. That keeps im2col/col2im parallel too and avoids the

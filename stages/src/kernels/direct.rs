@@ -391,6 +391,10 @@ pub(crate) fn weight_grad_chunk(
     let img_p = cin * plane_p;
     let ld = nb * p;
     assert!(dw.len() >= cout * k);
+    assert!(
+        nb * img_p <= u32::MAX as usize,
+        "padded chunk too large for 32-bit offsets"
+    );
     // Zero-bordered copies of the chunk's images, and dY transposed to (column, Cout) so one
     // column's output gradients are one contiguous vector load per 8 channels.
     let pad = super::scratch::sized(pad, nb * img_p);

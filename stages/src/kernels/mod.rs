@@ -1,7 +1,8 @@
 //! Conv2d and BatchNorm for every model in this crate.
 //!
 //! The public functions here are THE entry points models call. On CPU with f32 tensors they
-//! dispatch to fast custom ops (im2col/col2im + multithreaded GEMM, fused BatchNorm) wired into
+//! dispatch to fast custom ops (direct AVX2 convolutions for narrow layers, im2col/col2im +
+//! multithreaded GEMM for the rest, fused BatchNorm) wired into
 //! candle's autograd; on other devices (CUDA) or dtypes they fall back to candle's own ops
 //! ([`reference`]). Layout at this API is candle's NCHW.
 //!

@@ -9,9 +9,13 @@ use super::reference;
 
 const TOL: f32 = 1e-4;
 
+/// `len` values uniform in [−1, 1).
+fn random_vec(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
 fn random(dims: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
-    let len = dims.iter().product();
-    let v: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let v = random_vec(dims.iter().product(), rng);
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
@@ -316,6 +320,32 @@ fn batch_norm_eval_matches_reference() -> Result<()> {
     Ok(())
 }
 
+/// Whether a direct route that `applies` can be compared; refusing a test geometry on a CPU with
+/// AVX2 and FMA is a test bug, not a skip.
+fn direct_route_available(applies: bool, g: &super::im2col::ConvGeom) -> bool {
+    if !applies {
+        #[cfg(target_arch = "x86_64")]
+        let cpu_has_them =
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu_has_them = false;
+        assert!(!cpu_has_them, "direct route refused {g:?}");
+        eprintln!("direct kernels need AVX2 + FMA, which this CPU lacks: skipped");
+    }
+    applies
+}
+
+/// Asserts `a` and `b` are the same floats bit for bit (what the direct kernels promise).
+fn assert_same_bits(a: &[f32], b: &[f32], case: impl std::fmt::Debug) {
+    assert_eq!(a.len(), b.len());
+    if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+        panic!(
+            "direct and gemm routes differ for {case:?}: element {i} is {:e} vs {:e}",
+            a[i], b[i]
+        );
+    }
+}
+
 /// The direct 3×3 kernel must reproduce the im2col + gemm route bit for bit (see `direct.rs`), so
 /// switching routes leaves cached results valid. Shapes: tile remainders (Cout not a multiple of
 /// 6), two-vector rows (W = 16, 32) and two-row tiles with an odd last row (W = 8, 24), inner
@@ -346,34 +376,22 @@ fn direct_conv_is_bit_identical_to_the_gemm_route() {
         (1, 3, 4, 1, 8, 0, 1),
     ] {
         let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, 3, 3], stride, 1, 1).unwrap();
-        if !direct::applies(&g) {
-            assert!(
-                !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma"),
-                "direct conv refused {g:?}"
-            );
-            eprintln!("direct conv not available on this CPU (needs AVX2 + FMA): skipped");
+        if !direct_route_available(direct::applies(&g), &g) {
             return;
         }
         // Channels cin..cin+extra of each image are not part of the view (a channel slice).
         let c_all = cin + extra_channels;
-        let x: Vec<f32> = (0..n * c_all * h * w)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
-            .collect();
-        let wt: Vec<f32> = (0..cout * cin * 9)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
-            .collect();
+        let x = random_vec(n * c_all * h * w, &mut rng);
+        let wt = random_vec(cout * cin * 9, &mut rng);
         let xv = PlanarView {
             offset: extra_channels.min(1) * h * w,
             sn: c_all * h * w,
             sc: h * w,
         };
-        let a = forward_direct(&g, &x, &xv, &wt);
-        let b = forward_gemm(&g, &x, &xv, &wt);
-        let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(
-            same,
-            "direct and gemm routes differ for {:?}",
-            (n, cin, cout, h, w, extra_channels, stride)
+        assert_same_bits(
+            &forward_direct(&g, &x, &xv, &wt),
+            &forward_gemm(&g, &x, &xv, &wt),
+            (n, cin, cout, h, w, extra_channels, stride),
         );
     }
 }
@@ -407,20 +425,13 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
         (2, 10, 16, 9, 9, 0, 5, 2, 2),
     ] {
         let g = ConvGeom::new(&[n, cin, h, w], &[cout, cin, k, k], stride, pad, 1).unwrap();
-        if !direct::weight_grad_applies(&g) {
-            assert!(
-                !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma"),
-                "direct weight gradient refused {g:?}"
-            );
-            eprintln!("direct weight gradient not available on this CPU: skipped");
+        if !direct_route_available(direct::weight_grad_applies(&g), &g) {
             return;
         }
         let c_all = cin + extra_channels;
-        let mut vals =
-            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect() };
-        let x = vals(n * c_all * h * w);
-        let wt = vals(cout * cin * k * k);
-        let dy = vals(n * cout * g.p());
+        let x = random_vec(n * c_all * h * w, &mut rng);
+        let wt = random_vec(cout * cin * k * k, &mut rng);
+        let dy = random_vec(n * cout * g.p(), &mut rng);
         let xv = PlanarView {
             offset: extra_channels.min(1) * h * w,
             sn: c_all * h * w,
@@ -433,17 +444,10 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
         };
         let (_, a) = backward_routes(&g, &x, &xv, &wt, &dy, &dyv, false, true, true);
         let (_, b) = backward_routes(&g, &x, &xv, &wt, &dy, &dyv, false, true, false);
-        let (a, b) = (a.unwrap(), b.unwrap());
-        let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(
-            same,
-            "direct and gemm weight gradients differ (max {worst:e}) for {:?}",
-            (n, cin, cout, h, w, extra_channels, k, stride, pad)
+        assert_same_bits(
+            &a.unwrap(),
+            &b.unwrap(),
+            (n, cin, cout, h, w, extra_channels, k, stride, pad),
         );
     }
 }
@@ -478,11 +482,9 @@ fn conv_time_probe() {
         (128, 128, 4, 3, 1, 1, 3),
     ] {
         let g = ConvGeom::new(&[n, cin, side, side], &[cout, cin, k, k], stride, pad, 1).unwrap();
-        let mut vals =
-            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect() };
-        let x = vals(n * cin * side * side);
-        let w = vals(cout * cin * k * k);
-        let dy = vals(n * cout * g.p());
+        let x = random_vec(n * cin * side * side, &mut rng);
+        let w = random_vec(cout * cin * k * k, &mut rng);
+        let dy = random_vec(n * cout * g.p(), &mut rng);
         let xv = PlanarView {
             offset: 0,
             sn: cin * side * side,
