@@ -2,9 +2,9 @@
 //!
 //! The public functions here are THE entry points models call. On CPU with f32 tensors they
 //! dispatch to fast custom ops (direct AVX2 convolutions for narrow layers, im2col/col2im +
-//! multithreaded GEMM for the rest, fused BatchNorm) wired into
-//! candle's autograd; on other devices (CUDA) or dtypes they fall back to candle's own ops
-//! ([`reference`]). Layout at this API is candle's NCHW.
+//! multithreaded GEMM for the rest, fused BatchNorm) wired into candle's autograd; on other
+//! devices (CUDA) or dtypes they fall back to candle's own ops ([`reference`]). Layout at this API
+//! is candle's NCHW.
 //!
 //! Any change here that alters results (even in the last bits) must bump the `version` of every
 //! kind that runs a model (pretrain, finetune, supervised, distill, eval), or stale cache entries
