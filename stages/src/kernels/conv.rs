@@ -132,7 +132,7 @@ impl CustomOp2 for Conv2dOp {
                 let ws = &ws[w0..w1];
                 with_f32(&grad, |gs, gl| {
                     let gv = PlanarView::new(gl)?;
-                    let (dx, dw) = backward(
+                    let (dx, dw) = backward_routes(
                         &g,
                         xs,
                         &xv,
@@ -141,6 +141,7 @@ impl CustomOp2 for Conv2dOp {
                         &gv,
                         want_dx && dx_geom.is_none(),
                         want_dw,
+                        true,
                     );
                     let dx = match &dx_geom {
                         Some(dg) => Some(forward(dg, gs, &gv, &transpose_flip(&g, ws))),
@@ -322,22 +323,8 @@ fn transpose_flip(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Returns (input gradient if `want_dx`, weight gradient if `want_dw`).
-#[allow(clippy::too_many_arguments)]
-fn backward(
-    g: &ConvGeom,
-    x: &[f32],
-    xv: &PlanarView,
-    w: &[f32],
-    dy: &[f32],
-    dyv: &PlanarView,
-    want_dx: bool,
-    want_dw: bool,
-) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    backward_routes(g, x, xv, w, dy, dyv, want_dx, want_dw, true)
-}
-
-/// [`backward`], with the direct weight-gradient kernel allowed or not (tests compare the two).
+/// Returns (input gradient if `want_dx`, weight gradient if `want_dw`). `direct_dw` allows the
+/// direct weight-gradient kernel where it applies (tests compare both routes).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward_routes(
     g: &ConvGeom,
