@@ -1,13 +1,15 @@
-//! Direct 3×3 stride-1 'same' convolutions for narrow layers, without a column matrix.
+//! Direct convolutions for narrow layers (≤ 64 channels), without a column matrix.
 //!
 //! In the small ResNet's 16- to 64-channel stages the im2col route copies every input value nine
 //! times into the column matrix and `gemm` then copies it again into its packed panels: those
 //! copies cost about as much as the arithmetic. Here each image is copied once into a zero-bordered
 //! buffer and AVX2/FMA register tiles read the shifted input rows straight from it:
-//! - forward (and, through the transposed-weight formulation in `conv.rs`, the input gradient of
-//!   stride-1 convolutions): up to 6 output channels × 16 pixels per tile;
-//! - weight gradient: 8–16 output channels × 1–12 `(ci, tap)` columns per tile, summed over the
-//!   chunk's pixels, with the output gradient transposed so 8 channels are one vector load.
+//! - forward of 3×3 pad-1 convolutions at stride 1 or 2 (stride 2 through an even/odd column
+//!   split), and through the transposed-weight formulation in `conv.rs` the input gradient of the
+//!   stride-1 ones: up to 6 output channels × 16 pixels per tile;
+//! - weight gradient of any kernel size, stride and padding: 8–16 output channels × 1–12
+//!   `(ci, tap)` columns per tile, summed over the chunk's pixels, with the output gradient
+//!   transposed so 8 channels are one vector load.
 //!
 //! **Bit-identical to the im2col + `gemm` route.** `gemm` computes every output element as chains
 //! of fused multiply-adds over the inner index in order, one chain per K block (its `kc`, see
