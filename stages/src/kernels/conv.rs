@@ -144,7 +144,7 @@ impl CustomOp2 for Conv2dOp {
                         true,
                     );
                     let dx = match &dx_geom {
-                        Some(dg) => Some(forward(dg, gs, &gv, &transpose_flip(&g, ws))),
+                        Some(dg) => Some(input_grad_as_forward(&g, dg, gs, &gv, ws)),
                         None => dx,
                     };
                     Ok((dx, dw))
@@ -161,7 +161,7 @@ impl CustomOp2 for Conv2dOp {
     }
 }
 
-fn forward(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
+pub(super) fn forward(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
     if direct::applies(g) {
         forward_direct(g, x, xv, w)
     } else {
@@ -300,6 +300,17 @@ fn input_grad_geom(g: &ConvGeom) -> Option<ConvGeom> {
     .ok()?;
     debug_assert_eq!((dg.oh, dg.ow), (g.h, g.w));
     Some(dg)
+}
+
+/// The input gradient of `g` as the forward convolution `dg` of the output gradient `dy`.
+fn input_grad_as_forward(
+    g: &ConvGeom,
+    dg: &ConvGeom,
+    dy: &[f32],
+    dyv: &PlanarView,
+    w: &[f32],
+) -> Vec<f32> {
+    forward(dg, dy, dyv, &transpose_flip(g, w))
 }
 
 /// Weights (Cout, Cin/groups, KH, KW) → (Cin, Cout/groups, KH, KW), transposed within each group
@@ -532,12 +543,6 @@ pub(crate) fn conv2d(
     )
 }
 
-/// [`forward`] for the kernel tests.
-#[cfg(test)]
-pub(super) fn forward_pub(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) -> Vec<f32> {
-    forward(g, x, xv, w)
-}
-
 /// The input gradient by the route [`Conv2dOp::bwd`] takes, for the kernel tests.
 #[cfg(test)]
 pub(super) fn input_grad_pub(
@@ -549,7 +554,7 @@ pub(super) fn input_grad_pub(
     dyv: &PlanarView,
 ) -> Vec<f32> {
     match input_grad_geom(g) {
-        Some(dg) => forward(&dg, dy, dyv, &transpose_flip(g, w)),
+        Some(dg) => input_grad_as_forward(g, &dg, dy, dyv, w),
         None => backward_routes(g, x, xv, w, dy, dyv, true, false, true)
             .0
             .expect("input gradient requested"),

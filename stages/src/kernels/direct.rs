@@ -222,6 +222,7 @@ unsafe fn conv_image_avx2(g: &ConvGeom, packed: &[f32], out: &mut [f32], pad: &[
     // one vector on two consecutive rows, and a one-vector tile for an odd last row.
     let along_row = w.is_multiple_of(16);
     let (xs, os) = if along_row { (8, 8) } else { (map.row, w) };
+    let x_step = if along_row { 16 } else { 8 };
     let mut c0 = 0;
     while c0 < g.cout {
         let mr = MR.min(g.cout - c0);
@@ -229,7 +230,6 @@ unsafe fn conv_image_avx2(g: &ConvGeom, packed: &[f32], out: &mut [f32], pad: &[
         let mut y = 0;
         while y < h {
             let nv = if along_row || y + 1 < h { 2 } else { 1 };
-            let x_step = if along_row { 16 } else { 8 };
             for x0 in (0..w).step_by(x_step) {
                 let t = Tile {
                     x: pad.as_ptr().add(y * map.row + x0),

@@ -504,7 +504,7 @@ fn conv_time_probe() {
             t.elapsed().as_secs_f64() * 1000.0 / 3.0
         };
         let fwd = time(&mut || {
-            std::hint::black_box(super::conv::forward_pub(&g, &x, &xv, &w));
+            std::hint::black_box(super::conv::forward(&g, &x, &xv, &w));
         });
         let fwd_gemm = time(&mut || {
             std::hint::black_box(forward_gemm(&g, &x, &xv, &w));
