@@ -175,8 +175,15 @@ fn fill_padded(g: &ConvGeom, x: &[f32], sc: usize, channels: usize, b: usize, pa
         dst[(h + b) * wp..].fill(0.0);
         for y in 0..h {
             let row = &mut dst[(y + b) * wp..(y + b + 1) * wp];
-            row[..b].fill(0.0);
-            row[b + w..].fill(0.0);
+            if b == 1 {
+                // Two stores: `fill` (or a loop, which the compiler turns back into `fill`) made
+                // these 1-float borders two `memset` calls per row.
+                row[0] = 0.0;
+                row[w + 1] = 0.0;
+            } else {
+                row[..b].fill(0.0);
+                row[b + w..].fill(0.0);
+            }
             copy_short(&mut row[b..b + w], &src[y * w..(y + 1) * w]);
         }
     }
