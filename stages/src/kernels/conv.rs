@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::direct;
+use super::direct_dx_s2;
 use super::gemm::{k_block, matmul, MatMut, MatRef};
 use super::im2col::{col2im, im2col, ConvGeom};
 use super::scratch::{sized, with_scratch, Scratch};
@@ -122,7 +123,7 @@ impl CustomOp2 for Conv2dOp {
         // skip their GEMMs; candle calls this whenever either operand tracks.
         let want_dx = x.track_op();
         let want_dw = w.track_op();
-        let dx_geom = want_dx.then(|| input_grad_geom(&g)).flatten();
+        let dx_route = want_dx.then(|| DxRoute::of(&g));
         let (dx, dw) = with_f32(x, |xs, xl| {
             let xv = PlanarView::new(xl)?;
             with_f32(w, |ws, wl| {
@@ -139,13 +140,15 @@ impl CustomOp2 for Conv2dOp {
                         ws,
                         gs,
                         &gv,
-                        want_dx && dx_geom.is_none(),
+                        matches!(dx_route, Some(DxRoute::Gemm)),
                         want_dw,
                         true,
                     );
-                    let dx = match &dx_geom {
-                        Some(dg) => Some(input_grad_as_forward(&g, dg, gs, &gv, ws)),
-                        None => dx,
+                    let dx = match &dx_route {
+                        Some(r @ (DxRoute::AsForward(_) | DxRoute::Strided)) => {
+                            Some(r.input_grad(&g, gs, &gv, ws))
+                        }
+                        _ => dx,
                     };
                     Ok((dx, dw))
                 })
@@ -302,15 +305,55 @@ fn input_grad_geom(g: &ConvGeom) -> Option<ConvGeom> {
     Some(dg)
 }
 
-/// The input gradient of `g` as the forward convolution `dg` of the output gradient `dy`.
-fn input_grad_as_forward(
-    g: &ConvGeom,
-    dg: &ConvGeom,
-    dy: &[f32],
-    dyv: &PlanarView,
-    w: &[f32],
-) -> Vec<f32> {
-    forward(dg, dy, dyv, &transpose_flip(g, w))
+/// How a convolution's input gradient is computed.
+enum DxRoute {
+    /// As the forward convolution `dg` of the output gradient (see [`input_grad_geom`]).
+    AsForward(ConvGeom),
+    /// Stride-2 3×3 through `direct_dx_s2`.
+    Strided,
+    /// GEMM + col2im in [`backward_routes`].
+    Gemm,
+}
+
+impl DxRoute {
+    fn of(g: &ConvGeom) -> Self {
+        if let Some(dg) = input_grad_geom(g) {
+            return Self::AsForward(dg);
+        }
+        // The direct kernel runs each tap's chain over all output channels at once: it matches
+        // the GEMM only while the GEMM's K blocks hold all of them, for every chunk size.
+        let plan = Plan::new(g);
+        let one_block = [plan.per_chunk, g.n - (plan.chunks - 1) * plan.per_chunk]
+            .iter()
+            .all(|&nb| k_block(g.k_g(), nb * g.p(), g.cout) >= g.cout);
+        if direct_dx_s2::applies(g) && one_block {
+            Self::Strided
+        } else {
+            Self::Gemm
+        }
+    }
+
+    /// The input gradient by the `AsForward` or `Strided` route.
+    fn input_grad(&self, g: &ConvGeom, dy: &[f32], dyv: &PlanarView, w: &[f32]) -> Vec<f32> {
+        match self {
+            Self::AsForward(dg) => forward(dg, dy, dyv, &transpose_flip(g, w)),
+            Self::Strided => {
+                let packed = direct_dx_s2::pack_weights(g, w);
+                let mut dx = uninit_vec(g.n * g.cin * g.h * g.w);
+                dx.par_chunks_mut(g.cin * g.h * g.w)
+                    .enumerate()
+                    .for_each(|(b, d)| {
+                        with_scratch(|s| {
+                            let pad = sized(&mut s.cols, direct_dx_s2::padded_len(g));
+                            let dyb = &dy[dyv.image(b)..];
+                            direct_dx_s2::input_grad_image(g, dyb, dyv.sc, &packed, d, pad);
+                        })
+                    });
+                dx
+            }
+            Self::Gemm => unreachable!("the GEMM route runs in backward_routes"),
+        }
+    }
 }
 
 /// Weights (Cout, Cin/groups, KH, KW) → (Cin, Cout/groups, KH, KW), transposed within each group
@@ -553,10 +596,16 @@ pub(super) fn input_grad_pub(
     dy: &[f32],
     dyv: &PlanarView,
 ) -> Vec<f32> {
-    match input_grad_geom(g) {
-        Some(dg) => input_grad_as_forward(g, &dg, dy, dyv, w),
-        None => backward_routes(g, x, xv, w, dy, dyv, true, false, true)
+    match DxRoute::of(g) {
+        DxRoute::Gemm => backward_routes(g, x, xv, w, dy, dyv, true, false, true)
             .0
             .expect("input gradient requested"),
+        r => r.input_grad(g, dy, dyv, w),
     }
+}
+
+/// Whether the input gradient takes the direct stride-2 route, for the kernel tests.
+#[cfg(test)]
+pub(super) fn strided_dx_route(g: &ConvGeom) -> bool {
+    matches!(DxRoute::of(g), DxRoute::Strided)
 }

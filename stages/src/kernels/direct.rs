@@ -41,7 +41,7 @@ pub(crate) fn applies(g: &ConvGeom) -> bool {
         && cpu_has_avx2_fma()
 }
 
-fn cpu_has_avx2_fma() -> bool {
+pub(super) fn cpu_has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -133,7 +133,7 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// odd columns for stride 2.
 fn fill_input(g: &ConvGeom, x: &[f32], sc: usize, pad: &mut [f32]) {
     if g.stride == 1 {
-        return fill_padded(g, x, sc, g.cin, 1, pad);
+        return fill_padded((g.h, g.w), x, sc, g.cin, 1, pad);
     }
     let (h, w) = (g.h, g.w);
     let half = (w + 2) / 2;
@@ -162,10 +162,16 @@ fn fill_input(g: &ConvGeom, x: &[f32], sc: usize, pad: &mut [f32]) {
     }
 }
 
-/// Copies `channels` planes of one image (plane stride `sc`) into `pad` with a zero border `b`
-/// wide: planes of (H+2b)·(W+2b) floats.
-fn fill_padded(g: &ConvGeom, x: &[f32], sc: usize, channels: usize, b: usize, pad: &mut [f32]) {
-    let (h, w) = (g.h, g.w);
+/// Copies `channels` H×W planes of one image (plane stride `sc`) into `pad` with a zero border
+/// `b` wide: planes of (H+2b)·(W+2b) floats.
+pub(super) fn fill_padded(
+    (h, w): (usize, usize),
+    x: &[f32],
+    sc: usize,
+    channels: usize,
+    b: usize,
+    pad: &mut [f32],
+) {
     let wp = w + 2 * b;
     let plane_p = (h + 2 * b) * wp;
     for c in 0..channels {
@@ -409,7 +415,7 @@ pub(crate) fn weight_grad_chunk(
     let pad = super::scratch::sized(pad, nb * img_p);
     for i in 0..nb {
         let dst = &mut pad[i * img_p..(i + 1) * img_p];
-        fill_padded(g, &x[x_img(b0 + i)..], x_sc, cin, g.pad, dst);
+        fill_padded((g.h, g.w), &x[x_img(b0 + i)..], x_sc, cin, g.pad, dst);
     }
     let dyt = super::scratch::sized(dyt, ld * cout);
     for i in 0..nb {

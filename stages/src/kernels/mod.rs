@@ -13,6 +13,7 @@
 mod batchnorm;
 mod conv;
 mod direct;
+mod direct_dx_s2;
 mod gemm;
 mod im2col;
 mod scratch;
