@@ -322,10 +322,12 @@ impl DxRoute {
         }
         // The direct kernel runs each tap's chain over all output channels at once: it matches
         // the GEMM only while the GEMM's K blocks hold all of them, for every chunk size.
+        // Only the first and the last chunk can differ in size (an empty batch has neither).
         let plan = Plan::new(g);
-        let one_block = [plan.per_chunk, g.n - (plan.chunks - 1) * plan.per_chunk]
-            .iter()
-            .all(|&nb| k_block(g.k_g(), nb * g.p(), g.cout) >= g.cout);
+        let one_block = [0, plan.chunks.saturating_sub(1)]
+            .into_iter()
+            .filter(|&c| c < plan.chunks)
+            .all(|c| k_block(g.k_g(), plan.chunk(c, g.n).1 * g.p(), g.cout) >= g.cout);
         if direct_dx_s2::applies(g) && one_block {
             Self::Strided
         } else {

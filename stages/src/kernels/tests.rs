@@ -198,6 +198,28 @@ fn conv_accepts_channel_sliced_input_and_untracked_input() -> Result<()> {
     Ok(())
 }
 
+/// An empty batch trains through the direct routes, the stride-2 input gradient's included (its
+/// route choice looks at the batch's chunks, of which there are none).
+#[test]
+fn conv_backward_of_an_empty_batch_is_empty() -> Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for (cin, cout, stride) in [(16, 32, 2), (16, 16, 1)] {
+        let x = Var::from_tensor(&Tensor::zeros(
+            (0, cin, 32, 32),
+            candle_core::DType::F32,
+            &Device::Cpu,
+        )?)?;
+        let w = Var::from_tensor(&random(&[cout, cin, 3, 3], &mut rng))?;
+        let y = super::conv2d(&x, &w, stride, 1, 1)?;
+        assert_eq!(y.dims(), &[0, cout, 32 / stride, 32 / stride]);
+        let g = y.sum_all()?.backward()?;
+        assert_eq!(g.get(&x).unwrap().dims(), &[0, cin, 32, 32]);
+        let dw = g.get(&w).unwrap().abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(dw, 0.0, "no images, no weight gradient");
+    }
+    Ok(())
+}
+
 #[test]
 fn conv_rejects_mismatched_shapes() {
     let x = Tensor::zeros((1, 4, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
