@@ -320,6 +320,9 @@ impl DxRoute {
         if let Some(dg) = input_grad_geom(g) {
             return Self::AsForward(dg);
         }
+        if !direct_dx_s2::applies(g) {
+            return Self::Gemm;
+        }
         // The direct kernel runs each tap's chain over all output channels at once: it matches
         // the GEMM only while the GEMM's K blocks hold all of them, for every chunk size.
         // Only the first and the last chunk can differ in size (an empty batch has neither).
@@ -328,7 +331,7 @@ impl DxRoute {
             .into_iter()
             .filter(|&c| c < plan.chunks)
             .all(|c| k_block(g.k_g(), plan.chunk(c, g.n).1 * g.p(), g.cout) >= g.cout);
-        if direct_dx_s2::applies(g) && one_block {
+        if one_block {
             Self::Strided
         } else {
             Self::Gemm
