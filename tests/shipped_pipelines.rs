@@ -72,3 +72,31 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
         ],
     );
 }
+
+/// The validation sweeps behind cifar10.toml's hyperparameters stay runnable, and each scores its
+/// models on the validation holdout, never on test.
+#[test]
+fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
+    let root = tempfile::tempdir().unwrap();
+    for (file, nodes) in [
+        ("pipelines/tuning/cifar10-pretrain.toml", 4),
+        ("pipelines/tuning/cifar10-lr-1pct.toml", 19),
+        ("pipelines/tuning/cifar10-lr-10pct.toml", 11),
+        ("pipelines/tuning/cifar10-sgd.toml", 19),
+        ("pipelines/tuning/cifar10-finetune-final.toml", 19),
+    ] {
+        let out = semiflow(&["validate", file], root.path());
+        assert!(
+            out.contains(&format!("ok ({nodes} nodes)")),
+            "{file}: {out}"
+        );
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let evals = text.matches("kind = \"eval\"").count();
+        let on_val = text.matches("split = \"val\"").count();
+        assert_eq!(
+            evals, on_val,
+            "{file}: every eval node must score the validation holdout"
+        );
+    }
+}
