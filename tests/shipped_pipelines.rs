@@ -25,6 +25,15 @@ fn semiflow(args: &[&str], root: &Path) -> String {
     stdout
 }
 
+/// `semiflow validate FILE` accepts the file and counts `nodes` nodes.
+fn assert_validates(file: &str, nodes: usize, root: &Path) {
+    let out = semiflow(&["validate", file], root);
+    assert!(
+        out.contains(&format!("ok ({nodes} nodes)")),
+        "{file}: {out}"
+    );
+}
+
 /// `semiflow dag FILE` names every one of `needles` (node names, edge lists).
 fn assert_dag_has(file: &str, root: &Path, needles: &[&str]) {
     let dag = semiflow(&["dag", file], root);
@@ -41,11 +50,7 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
         ("pipelines/cifar10.toml", 28),
         ("pipelines/fashion-mnist.toml", 49),
     ] {
-        let out = semiflow(&["validate", file], root.path());
-        assert!(
-            out.contains(&format!("ok ({nodes} nodes)")),
-            "{file}: {out}"
-        );
+        assert_validates(file, nodes, root.path());
         assert_dag_has(file, root.path(), &["split", "eval_val"]);
     }
     assert_dag_has(
@@ -85,11 +90,7 @@ fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
         ("pipelines/tuning/cifar10-sgd.toml", 19),
         ("pipelines/tuning/cifar10-finetune-final.toml", 19),
     ] {
-        let out = semiflow(&["validate", file], root.path());
-        assert!(
-            out.contains(&format!("ok ({nodes} nodes)")),
-            "{file}: {out}"
-        );
+        assert_validates(file, nodes, root.path());
         let text =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
         let evals = text.matches("kind = \"eval\"").count();
