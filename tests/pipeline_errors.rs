@@ -205,6 +205,34 @@ fn cases() -> Vec<Case> {
             11,
         ),
         case("negative seed", format!("{HEAD}{PRETRAIN}seed = -1\n"), "expected a non-negative integer, found -1", 11, 8),
+        case(
+            "defaults for an unknown kind",
+            format!("{HEAD}[defaults.finetun]\nepochs = 3\n{PRETRAIN}"),
+            "defaults.finetun: [defaults.finetun] names no stage kind",
+            8,
+            11,
+        ),
+        case(
+            "kind in defaults",
+            format!("{HEAD}[defaults.pretrain]\nkind = \"pretrain\"\n{PRETRAIN}"),
+            "`kind` cannot have a default",
+            9,
+            1,
+        ),
+        case(
+            "bad default reported at its own line",
+            format!("{HEAD}[defaults.pretrain]\nepoch = 3\n\n{PRETRAIN}"),
+            "nodes.pretrain.epoch: unknown key `epoch` in [nodes.pretrain]",
+            9,
+            1,
+        ),
+        case(
+            "defaults that no node uses",
+            format!("{HEAD}[defaults.finetune]\nepochs = 3\n{PRETRAIN}"),
+            "[defaults.finetune] applies to no node",
+            8,
+            11,
+        ),
         set_case("--set unknown node", &["pretrian.epochs=5"], "names unknown node `pretrian`", 1),
         set_case("--set without =", &["pretrain.epochs"], "`--set pretrain.epochs` has no `=`", 1),
         set_case("--set unknown key", &["pretrain.epoch=5"], "unknown key `epoch` in [nodes.pretrain]", 10),
@@ -282,6 +310,14 @@ fn help_lines_say_what_to_write_instead() {
     assert!(nodes.starts_with("did you mean `pretrain`?"), "{nodes}");
     let sweep = help_of(format!("{HEAD}[sweep]\nlabel_fraction = [0.1]\n[nodes.s]\nkind = \"split\"\ndata = \"cifar10\"\nfraction = \"${{sweep.label_fracton}}\"\n"), &[]);
     assert_eq!(sweep, "did you mean `${sweep.label_fraction}`?");
+    let defaults = help_of(
+        format!("{HEAD}[defaults.finetun]\nepochs = 3\n{PRETRAIN}"),
+        &[],
+    );
+    assert!(
+        defaults.starts_with("did you mean `finetune`?"),
+        "{defaults}"
+    );
     let cycle = help_of(
         format!("{HEAD}[nodes.a]\nkind = \"distill\"\ndata = \"cifar10\"\nteacher = \"a\"\n"),
         &[],

@@ -338,3 +338,88 @@ fn renders_text_dot_and_mermaid() {
     assert_eq!("mermaid".parse::<Format>().unwrap(), Format::Mermaid);
     assert!("svg".parse::<Format>().is_err());
 }
+
+#[test]
+fn kind_defaults_fill_every_node_of_the_kind_unless_it_sets_the_key() {
+    let text = r#"
+[pipeline]
+name = "defaults"
+
+[datasets.cifar10]
+format = "image-folder"
+root = "data"
+
+[sweep]
+f = [0.01, 0.1]
+
+[defaults.finetune]
+from = "pretrain"
+labels = "split"
+epochs = 30
+head_layer = 2
+seed = 5
+
+[defaults.pretrain]
+data = "cifar10"
+model = { depth = 50, width = 2.0 }
+
+[nodes.pretrain]
+kind = "pretrain"
+
+[nodes.split]
+kind = "split"
+data = "cifar10"
+fraction = "${sweep.f}"
+
+[nodes.ft]
+kind = "finetune"
+
+[nodes.ft_short]
+kind = "finetune"
+epochs = 3
+seed = 1
+"#;
+    let scratch = Scratch::new(text);
+    let plan = scratch.load(&[]).unwrap();
+    let pre = node(&plan, "pretrain");
+    assert_eq!(pre.params["model"], json!({"depth": 50, "width": 2.0}));
+    assert_eq!(input_names(&plan, "pretrain", "data"), ["dataset.cifar10"]);
+    // References from the defaults carry the sweep of the node they name.
+    let ft = node(&plan, "ft[f=0.1]");
+    assert_eq!(
+        (
+            ft.params["epochs"].clone(),
+            ft.params["head_layer"].clone(),
+            ft.seed
+        ),
+        (json!(30), json!(2), 5)
+    );
+    assert_eq!(input_names(&plan, "ft[f=0.1]", "labels"), ["split[f=0.1]"]);
+    let short = node(&plan, "ft_short[f=0.01]");
+    assert_eq!(
+        (
+            short.params["epochs"].clone(),
+            short.params["head_layer"].clone(),
+            short.seed
+        ),
+        (json!(3), json!(2), 1)
+    );
+
+    // A default resolves to the same parameters (so the same cache key) as the key written in
+    // the node.
+    let written = text
+        .replace("[nodes.ft]\nkind = \"finetune\"\n", "[nodes.ft]\nkind = \"finetune\"\nfrom = \"pretrain\"\nlabels = \"split\"\nepochs = 30\nhead_layer = 2\nseed = 5\n");
+    let explicit = Scratch::new(&written).load(&[]).unwrap();
+    assert_eq!(node(&explicit, "ft[f=0.1]").params, ft.params);
+
+    // `--set defaults.KIND.key` changes the default; a node's own override still wins.
+    let plan = scratch
+        .load(&["defaults.finetune.epochs=7", "ft_short.head_layer=0"])
+        .unwrap();
+    assert_eq!(node(&plan, "ft[f=0.01]").params["epochs"], json!(7));
+    assert_eq!(node(&plan, "ft_short[f=0.01]").params["epochs"], json!(3));
+    assert_eq!(
+        node(&plan, "ft_short[f=0.01]").params["head_layer"],
+        json!(0)
+    );
+}

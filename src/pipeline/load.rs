@@ -1,11 +1,11 @@
-//! `load`: read → parse → `--set` → validate → expand, stopping after the first phase that finds
-//! problems (later phases would only report consequences of them).
+//! `load`: read → parse → `--set` → `[defaults.KIND]` → validate → expand, stopping after the
+//! first phase that finds problems (later phases would only report consequences of them).
 
 use std::path::Path;
 
 use super::error::{Diagnostic, Problems, Sources};
 use super::schema::{self, Context};
-use super::{expand, overrides, spanned, KindLookup, PipelineError, Registry};
+use super::{defaults, expand, overrides, spanned, KindLookup, PipelineError, Registry};
 use crate::plan::Plan;
 
 /// Load a pipeline file with the stage kinds compiled into `semiflow-stages`.
@@ -46,6 +46,8 @@ pub fn load_with(
     let mut root =
         spanned::parse_document(&sources.file_text).map_err(|p| fail(p, &mut problems))?;
     overrides::apply(&mut root, overrides).map_err(|p| fail(p, &mut problems))?;
+    defaults::apply(&mut root, kinds, &mut problems);
+    problems.check(&sources)?;
 
     let base_dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -12,6 +12,9 @@
 //! [sweep]                     # optional; every combination a node depends on becomes a node
 //! label_fraction = [0.01, 0.1]
 //!
+//! [defaults.finetune]        # optional: keys every node of that kind gets unless it sets them
+//! optimizer = "sgd"
+//!
 //! [nodes.finetune]
 //! kind = "finetune"           # required: a stage kind
 //! from = "pretrain"           # references, as the kind's RefSpecs declare them
@@ -25,6 +28,7 @@
 //!
 //! - `spanned`: the parsed TOML tree with source positions.
 //! - `overrides`: `--set node.key=value`.
+//! - `defaults`: `[defaults.KIND]`, copied into every node of that kind.
 //! - `schema`: the declared document; `[pipeline]`, `[datasets.*]`, `[sweep]`.
 //! - `nodes`, `refs`: `[nodes.*]` tables and their references.
 //! - `subst`: `${sweep.VAR}` and `${ENV}` placeholders.
@@ -32,6 +36,7 @@
 //! - `expand`: dependency order, sweep expansion, resolved parameters.
 //! - `error`: diagnostics (`file:line:col: key: message` + `help:`).
 
+mod defaults;
 mod error;
 mod expand;
 mod load;

@@ -2,13 +2,13 @@
 //! exactly like a written one and its errors point at the argument.
 //!
 //! `PATH` is `node.key[.sub...]` (a `[nodes.*]` entry), or starts with `pipeline.`, `datasets.`,
-//! `sweep.` or `nodes.` to address those tables. `VALUE` is a TOML value (`0.1`, `[1, 2]`,
+//! `sweep.`, `defaults.` or `nodes.` to address those tables. `VALUE` is a TOML value (`0.1`, `[1, 2]`,
 //! `{ depth = 50 }`, `"text"`); a bare word such as `sgd` is taken as a string.
 
 use super::error::{suggest, Origin, Problem, Span};
 use super::spanned::{parse_value, Key, Kind, Table, Value};
 
-const ROOT_TABLES: &[&str] = &["pipeline", "datasets", "sweep", "nodes"];
+const ROOT_TABLES: &[&str] = &["pipeline", "datasets", "sweep", "defaults", "nodes"];
 
 /// Apply every override in order (a later one wins). Stops at the first bad argument.
 pub fn apply(root: &mut Table, overrides: &[String]) -> Result<(), Problem> {

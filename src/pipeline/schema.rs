@@ -4,6 +4,7 @@
 //! [pipeline]            # name (required), seed (default 0), description
 //! [datasets.NAME]       # root (required; ${ENV} expanded; relative to the file) + the `dataset` kind's params
 //! [sweep]               # VAR = [values...]
+//! [defaults.KIND]       # merged into the nodes before this (see `defaults`)
 //! [nodes.NAME]          # kind, seed, checkpoint_every, the kind's references, the kind's params
 //! ```
 
@@ -18,7 +19,8 @@ use super::spanned::{join, Kind, Table, Value};
 use super::subst::expand_env;
 use super::{params, KindLookup, DATASET_KIND};
 
-const TOP_KEYS: &[&str] = &["pipeline", "datasets", "sweep", "nodes"];
+// `defaults` is consumed (merged into the nodes) before this module reads the document.
+const TOP_KEYS: &[&str] = &["pipeline", "datasets", "sweep", "defaults", "nodes"];
 const PIPELINE_KEYS: &[&str] = &["name", "seed", "description"];
 /// Node keys the engine consumes itself; they never reach a kind's `resolve_params`.
 pub const ENGINE_KEYS: &[&str] = &["kind", "seed", "checkpoint_every"];
