@@ -78,18 +78,41 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
     );
 }
 
-/// The validation sweeps behind cifar10.toml's hyperparameters stay runnable, and each scores its
-/// models on the validation holdout, never on test.
+/// The validation sweeps behind the shipped pipelines' hyperparameters stay runnable, and each
+/// scores its models on the validation holdout, never on test.
 #[test]
 fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
     let root = tempfile::tempdir().unwrap();
-    for (file, nodes) in [
+    let sweeps = [
         ("pipelines/tuning/cifar10-pretrain.toml", 4),
         ("pipelines/tuning/cifar10-lr-1pct.toml", 19),
         ("pipelines/tuning/cifar10-lr-10pct.toml", 11),
         ("pipelines/tuning/cifar10-sgd.toml", 19),
         ("pipelines/tuning/cifar10-finetune-final.toml", 19),
-    ] {
+        ("pipelines/tuning/cifar10-distill.toml", 20),
+        ("pipelines/tuning/quickstart-lr.toml", 48),
+        ("pipelines/tuning/quickstart-distill.toml", 36),
+        ("pipelines/tuning/fashion-mnist-lr.toml", 28),
+    ];
+    // A sweep added to the directory is checked too, not silently skipped.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tuning");
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            format!(
+                "pipelines/tuning/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = sweeps.iter().map(|(f, _)| f.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk, listed,
+        "list every tuning sweep here with its node count"
+    );
+    for (file, nodes) in sweeps {
         assert_validates(file, nodes, root.path());
         let text =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
