@@ -92,7 +92,7 @@ fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
         ("pipelines/tuning/cifar10-distill.toml", 20),
         ("pipelines/tuning/quickstart-lr.toml", 48),
         ("pipelines/tuning/quickstart-distill.toml", 36),
-        ("pipelines/tuning/fashion-mnist-lr.toml", 28),
+        ("pipelines/tuning/fashion-mnist-lr.toml", 32),
     ];
     // A sweep added to the directory is checked too, not silently skipped.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tuning");

@@ -509,7 +509,9 @@ mod tests {
     #[test]
     fn labeled_cross_entropy_is_averaged_over_the_whole_batch() {
         let dev = Device::Cpu;
-        let logits: Vec<f32> = (0..8 * 3).map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6).collect();
+        let logits: Vec<f32> = (0..8 * 3)
+            .map(|i| ((i * 7) % 5) as f32 * 0.3 - 0.6)
+            .collect();
         let student = Tensor::from_vec(logits.clone(), (8, 3), &dev).unwrap();
         let rows = Tensor::new(&[1u32, 4], &dev).unwrap();
         let labels = Tensor::new(&[2u32, 0], &dev).unwrap();
