@@ -3,7 +3,9 @@
 //! match softmax(teacher/τ) with the soft cross-entropy (scaled by τ²), optionally mixed with
 //! cross-entropy on the labeled examples of each batch: loss = mean over the batch of
 //! (1−α)·distill + α·CE, where CE counts only on labeled images (0 elsewhere). Crop+flip
-//! augmentation; teacher and student see the same crop.
+//! augmentation; teacher and student see the same crop, or with `teacher_view = "clean"` the
+//! teacher labels each whole unaugmented image once before training (Noisy Student's split of a
+//! clean teacher and a noised student) while the student still learns on random crops.
 //!
 //! Inputs: `teacher` (a finetune, distill or supervised node), `data`, optional `labels` (a split
 //! node; needed when `alpha` > 0), optional `init` (a pretrain node). Output: the student
@@ -94,6 +96,19 @@ pub struct Params {
     pub weight_decay: f64,
     pub warmup_epochs: f64,
     pub nesterov: bool,
+    /// What the teacher sees.
+    pub teacher_view: TeacherView,
+}
+
+/// The input the teacher's soft labels come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherView {
+    /// The student's augmented crop, each step (SimCLRv2).
+    Same,
+    /// The whole unaugmented image, labeled once before training: the teacher's most accurate
+    /// view, and one teacher pass over the images however many epochs the student trains.
+    Clean,
 }
 
 impl Default for Params {
@@ -112,6 +127,7 @@ impl Default for Params {
             weight_decay: 1e-4,
             warmup_epochs: 1.0,
             nesterov: false,
+            teacher_view: TeacherView::Same,
         }
     }
 }
@@ -160,12 +176,16 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
 /// One step's input.
 struct Batch {
     x: Tensor,
+    /// The teacher's logits for these images when they were computed ahead (`teacher_view =
+    /// "clean"`); `None`: the teacher labels `x` itself.
+    teacher_logits: Option<Tensor>,
     /// Rows of `x` whose image is in the labeled split, and their labels.
     labeled_rows: Option<(Tensor, Tensor)>,
 }
 
 struct Distiller {
-    teacher: Network,
+    /// `None` when every image's teacher logits were computed ahead.
+    teacher: Option<Network>,
     student: Network,
     params: Vec<Param>,
     opt: Box<dyn Optimizer + Send>,
@@ -178,8 +198,12 @@ impl Trainer for Distiller {
 
     fn forward(&mut self, b: Batch) -> anyhow::Result<StepLoss> {
         let images = b.x.dim(0)?;
-        // Eval mode: running BN statistics, detached weights, no graph.
-        let teacher = self.teacher.logits(&b.x, false)?.detach();
+        let teacher = match (b.teacher_logits, &self.teacher) {
+            (Some(t), _) => t,
+            // Eval mode: running BN statistics, detached weights, no graph.
+            (None, Some(net)) => net.logits(&b.x, false)?.detach(),
+            (None, None) => anyhow::bail!("distill: no teacher logits for the batch"),
+        };
         let student = self.student.logits(&b.x, true)?;
         let mut loss = soft_cross_entropy(&student, &teacher, self.temperature)?;
         if self.alpha > 0.0 {
@@ -294,6 +318,17 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
             init_seed,
         )?,
     };
+    // The clean view's labels do not change during training: one eval pass over the images.
+    let (teacher, clean_logits) = match p.teacher_view {
+        TeacherView::Same => (Some(teacher), None),
+        TeacherView::Clean => {
+            let (_, logits) = super::eval::extract(&teacher, &ds.train, 256, Some(ctx))?;
+            let logits = logits
+                .ok_or_else(|| anyhow::anyhow!("teacher {} produced no logits", teacher_dir.display()))?
+                .to_dtype(candle_core::DType::F32)?;
+            (None, Some(Arc::new(logits)))
+        }
+    };
     let (spec, batch) = train::loop_spec("distill", p.schedule(), ds.train.n)?;
     let mut trainer = Distiller {
         teacher,
@@ -312,11 +347,23 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
         let order = epoch_order(images.n, seed, epoch);
         let ids = &order[step * batch..(step + 1) * batch];
         let x = augment_batch(&images, ids, &aug, seed, epoch, 0, &device)?;
+        let teacher_logits = match &clean_logits {
+            Some(all) => {
+                let rows: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+                let rows = Tensor::from_vec(rows, ids.len(), all.device())?;
+                Some(all.index_select(&rows, 0)?.to_device(&device)?)
+            }
+            None => None,
+        };
         let labeled_rows = match &labeled {
             Some(set) => labeled_rows(&images.labels, ids, set, &device)?,
             None => None,
         };
-        Ok(Batch { x, labeled_rows })
+        Ok(Batch {
+            x,
+            teacher_logits,
+            labeled_rows,
+        })
     };
     let result = train::run(ctx, &spec, &mut trainer, make_batch)?;
     trainer.student.save(ctx.out_dir)?;
@@ -330,6 +377,7 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
             "peak_lr": spec.peak_lr,
             "student_head_layer": head_layer,
             "student_init": if ctx.inputs.contains_key("init") { "pretrain" } else { "random" },
+            "teacher_view": p.teacher_view,
         }),
     })
 }
@@ -423,6 +471,21 @@ mod tests {
         no_labels.out = root.path().join("x");
         let err = no_labels.run().unwrap_err().to_string();
         assert!(err.contains("no `labels` split"), "{err}");
+
+        // A clean-view teacher (logits of the whole images, computed once) teaches as well.
+        let clean = Run {
+            params: serde_json::json!({ "epochs": 6, "batch_size": 8, "temperature": 2.0, "lr": 0.2, "optimizer": "sgd", "weight_decay": 0.0, "teacher_view": "clean" }),
+            out: root.path().join("clean"),
+            resume: root.path().join("clean-resume"),
+            ..no_labels
+        };
+        let out = clean.run().unwrap();
+        assert_eq!(out.details["teacher_view"], "clean");
+        assert!(
+            out.metrics["agreement"] > 0.9,
+            "{:?}",
+            out.series["agreement"]
+        );
     }
 
     /// `init` starts the student from the pretrain checkpoint: with a vanishing learning rate its
@@ -534,6 +597,9 @@ mod tests {
         assert_eq!(v["model"], serde_json::Value::Null);
         assert_eq!(v["temperature"], 1.0);
         assert_eq!(v["alpha"], 0.0);
+        assert_eq!(v["teacher_view"], "same");
+        let err = resolve(&serde_json::json!({ "teacher_view": "noisy" })).unwrap_err();
+        assert!(err.to_string().contains("teacher_view"), "{err}");
         assert_eq!(
             resolve(&serde_json::json!({ "alpha": 1.5 }))
                 .unwrap_err()
