@@ -76,6 +76,19 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
             "init: pretrain; teacher: finetune_1pct",
         ],
     );
+    // CIFAR-10's extra seeds: the test-set eval of every (label fraction, seed) pair, reading the
+    // same pretrained encoders and splits as cifar10.toml.
+    assert_validates("pipelines/cifar10-seeds.toml", 35, root.path());
+    assert_dag_has(
+        "pipelines/cifar10-seeds.toml",
+        root.path(),
+        &[
+            "finetune_small[label_fraction=0.1,seed=2]",
+            "supervised[label_fraction=0.01,seed=1]",
+            "from: pretrain; labels: split[label_fraction=0.01]",
+            "eval[label_fraction=0.1,seed=2]",
+        ],
+    );
 }
 
 /// The validation sweeps behind the shipped pipelines' hyperparameters stay runnable, and each
@@ -90,6 +103,7 @@ fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
         ("pipelines/tuning/cifar10-sgd.toml", 19),
         ("pipelines/tuning/cifar10-finetune-final.toml", 19),
         ("pipelines/tuning/cifar10-distill.toml", 24),
+        ("pipelines/tuning/cifar10-distill-view.toml", 11),
         ("pipelines/tuning/quickstart-lr.toml", 48),
         ("pipelines/tuning/quickstart-distill.toml", 36),
         ("pipelines/tuning/fashion-mnist-lr.toml", 32),

@@ -324,7 +324,9 @@ fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
         TeacherView::Clean => {
             let (_, logits) = super::eval::extract(&teacher, &ds.train, 256, Some(ctx))?;
             let logits = logits
-                .ok_or_else(|| anyhow::anyhow!("teacher {} produced no logits", teacher_dir.display()))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("teacher {} produced no logits", teacher_dir.display())
+                })?
                 .to_dtype(candle_core::DType::F32)?;
             (None, Some(Arc::new(logits)))
         }
