@@ -100,11 +100,14 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     ];
     for (series, heading, title, y) in curves {
         let mut section = String::new();
-        for (_, r) in &latest {
+        for (i, r) in &latest {
             let Some(vals) = r.series.get(series).filter(|s| !s.is_empty()) else {
                 continue;
             };
-            let file = format!("{}-{}.svg", sanitize(series), sanitize(&r.node));
+            // This pipeline's node name, not the record's: a record built by another pipeline
+            // sharing the same key (cifar10-seeds.toml's seed-0 nodes) was stored under its name.
+            let name = &plan.nodes[*i].name;
+            let file = format!("{}-{}.svg", sanitize(series), sanitize(name));
             let pts: Vec<(f64, f64)> = vals
                 .iter()
                 .enumerate()
@@ -112,12 +115,12 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
                 .collect();
             plot(
                 &out.join(&file),
-                &format!("{}: {title}", r.node),
+                &format!("{name}: {title}"),
                 "epoch",
                 y,
-                &[(r.node.clone(), pts)],
+                &[(name.clone(), pts)],
             )?;
-            let _ = writeln!(section, "![{}]({file})\n", r.node);
+            let _ = writeln!(section, "![{name}]({file})\n");
             written.push(file);
         }
         if !section.is_empty() || series == "loss" {

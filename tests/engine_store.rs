@@ -184,6 +184,26 @@ fn report_writes_markdown_and_svg_plots() {
     }
 }
 
+/// A pipeline that reuses another's artifacts under other node names (cifar10-seeds.toml's
+/// seed-0 nodes are cifar10.toml's) gets plots named after its own nodes.
+#[test]
+fn report_names_reused_artifacts_after_this_pipelines_nodes() {
+    let env = Env::new();
+    let p = env.write("p.toml", PIPELINE);
+    env.run(&["run", p.to_str().unwrap()]).ok();
+    let renamed = PIPELINE
+        .replace("[nodes.pre]", "[nodes.encoder]")
+        .replace("from = \"pre\"", "from = \"encoder\"");
+    let q = env.write("q.toml", &renamed);
+    let q = q.to_str().unwrap();
+    assert!(env.run(&["run", q]).ok().built().is_empty());
+    let (out, md) = report(&env, q);
+    assert!(md.contains("![encoder](loss-encoder.svg)"), "{md}");
+    assert!(!md.contains("![pre]"), "{md}");
+    let svg = std::fs::read_to_string(out.join("loss-encoder.svg")).unwrap();
+    assert!(svg.contains("encoder: training loss"), "{svg}");
+}
+
 /// Node names are shared by everything in a store (another pipeline, or this one with `--set`):
 /// `report` and `audit` follow the keys the file gives its nodes now, not the latest record
 /// under each name.
