@@ -112,6 +112,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Rebuild the index from the record files (after a damaged or lost index); removes temp
+    /// files of interrupted runs; moves unreadable record files to quarantine/.
+    Repair,
     /// Write a Markdown metrics table and SVG plots.
     Report {
         file: PathBuf,
@@ -288,6 +291,38 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 r.files,
                 r.bytes,
                 if dry_run { " (dry run)" } else { "" }
+            );
+            Ok(0)
+        }
+        Command::Repair => {
+            let root = Store::locate(store_flag.as_deref());
+            let policy = if cli.no_wait {
+                WaitPolicy::Fail
+            } else {
+                WaitPolicy::Wait
+            };
+            let (_store, r) = Store::repair(&root, policy)?;
+            if let Some(why) = &r.old_index_problem {
+                println!("old index unusable: {why}");
+            }
+            if r.exported > 0 {
+                println!(
+                    "wrote {} records that only the old index held as files",
+                    r.exported
+                );
+            }
+            for (path, why) in &r.quarantined {
+                println!("quarantined {} ({why})", path.display());
+            }
+            if let Some(old) = &r.old_index {
+                println!("old index moved to {} (gc removes it)", old.display());
+            }
+            if r.leftovers > 0 {
+                println!("removed {} temp files of interrupted runs", r.leftovers);
+            }
+            println!(
+                "repair: index rebuilt from {} records, {} names, {} attempts in {:.2}s",
+                r.records, r.names, r.attempts, r.seconds
             );
             Ok(0)
         }

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - A node runs only when all its inputs are done (built or cached), so its key is computable.
 //! - Outputs go to `<store>/tmp/…/out`, are ingested into `objects/` (fsynced) and only then is the
-//!   record committed and flushed; the node's resume dir is removed after that. A crash before the
+//!   record file written, then the index entry committed and flushed ([`Store::commit`]); the
+//!   node's resume dir is removed after that. A crash before the
 //!   commit leaves the resume checkpoint, so the next run resumes; a crash after leaves a record
 //!   whose blobs are all present.
 //! - Input artifacts are laid out per run as hard links under `<store>/tmp/…/in/<role>/<i>/` (the
@@ -136,6 +137,10 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<Summary> {
     let need = needed(plan.as_ref(), selection);
+    let swept = store.sweep_leftovers()?;
+    if swept > 0 {
+        tracing::info!("removed {swept} temp files left by an interrupted run");
+    }
     let mut selected = vec![false; plan.nodes.len()];
     for &i in selection {
         selected[i] = true;
@@ -227,10 +232,7 @@ pub fn run(
                 };
             }
             Err(e) => {
-                let log = store
-                    .index
-                    .last_attempt(&node.name)?
-                    .map(|k| store.log_path(&k));
+                let log = store.last_attempt(&node.name)?.map(|k| store.log_path(&k));
                 let log = log.map(|p| p.display().to_string()).unwrap_or_default();
                 if e.downcast_ref::<Cancelled>().is_some() {
                     summary.interrupted = true;
@@ -316,7 +318,7 @@ fn assess(
             Ok(record) => {
                 tracing::debug!("{}: cached ({})", node.name, crate::key::short(&key.hex));
                 if selected[i] {
-                    store.index.note_name(&node.name, &key.hex)?;
+                    store.note_name(&node.name, &key.hex)?;
                 }
                 return Ok(State::Done {
                     record: Box::new(record),
@@ -460,7 +462,7 @@ fn build_node(
 ) -> Result<Record> {
     let node = &plan.nodes[i];
     let spec = kind_spec(&node.kind)?;
-    store.index.note_attempt(&node.name, &key.hex)?;
+    store.note_attempt(&node.name, &key.hex)?;
     let log_path = store.log_path(&key.hex);
     let log_file = OpenOptions::new()
         .create(true)
@@ -499,6 +501,7 @@ fn build_node(
             let output = invoke_stage(spec, node, &input_dirs, &out_dir, &resume_dir, &progress);
             progress.finish();
             let output = output?;
+            semiflow_stages::fault::point("stage-output-written");
             let (artifact, manifest) = store.blobs.ingest_dir(&out_dir)?;
             let record = Record {
                 key: key.hex.clone(),
@@ -517,7 +520,7 @@ fn build_node(
                 details: output.details,
                 provenance: provenance(plan, node, started, clock.elapsed().as_secs_f64()),
             };
-            store.index.commit(&record)?;
+            store.commit(&record)?;
             // The record is durable; the checkpoint is no longer needed.
             let _ = std::fs::remove_dir_all(&resume_dir);
             tracing::debug!(

@@ -90,7 +90,7 @@ pub fn status(
                 }
             }
         }
-        let previous = store.index.latest_record(&node.name)?;
+        let previous = store.latest_record(&node.name)?;
         let row = |state, key: String, reasons| NodeStatus {
             node: node.name.clone(),
             kind: node.kind.clone(),
@@ -258,7 +258,7 @@ pub fn current_records(store: &Store, plan: &Plan) -> Result<Vec<Option<Record>>
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push(match row.state {
-            State::Cached => store.index.record(&row.key)?,
+            State::Cached => store.record(&row.key)?,
             State::WillRun | State::Blocked => None,
         });
     }

@@ -44,6 +44,9 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
             } else {
                 fs::remove_file(path)?;
             }
+            if report.files == 1 {
+                semiflow_stages::fault::point("gc");
+            }
         }
         Ok(())
     };

@@ -7,10 +7,10 @@ use crate::store::{Record, Store};
 
 /// Find a record by node name (latest), full key, or unique key prefix (≥ 6 hex digits).
 pub fn find(store: &Store, target: &str) -> Result<Record> {
-    if let Some(r) = store.index.latest_record(target)? {
+    if let Some(r) = store.latest_record(target)? {
         return Ok(r);
     }
-    if let Some(r) = store.index.record(target)? {
+    if let Some(r) = store.record(target)? {
         return Ok(r);
     }
     if target.len() >= 6 && target.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -90,7 +90,7 @@ pub fn print(rec: &Record) {
 
 /// The log of the latest attempt of `target` (node name or key).
 pub fn log_path(store: &Store, target: &str) -> Result<std::path::PathBuf> {
-    let key = match store.index.last_attempt(target)? {
+    let key = match store.last_attempt(target)? {
         Some(k) => k,
         None => find(store, target)?.key,
     };

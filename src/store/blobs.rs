@@ -95,9 +95,12 @@ impl Blobs {
         let mut files = Vec::new();
         collect_files(dir, dir, &mut files)?;
         let mut manifest = Manifest::default();
-        for (rel, path) in files {
-            let (hash, size) = hash_file(&path)?;
+        for (i, (rel, path)) in files.into_iter().enumerate() {
+            let (hash, size) = hash_file_inner(&path, true)?;
             self.place(&path, &hash, size)?;
+            if i == 0 {
+                semiflow_stages::fault::point("blob-placed");
+            }
             manifest.files.insert(rel, FileEntry { hash, size });
         }
         let hash = self.put_bytes(&manifest.to_bytes())?;
@@ -220,6 +223,11 @@ impl Blobs {
 
 /// Streaming blake3 of a file: `(hex hash, size)`.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    hash_file_inner(path, false)
+}
+
+/// `fault`: pass the `blob-hash` crash point after the first chunk (ingestion only).
+fn hash_file_inner(path: &Path, fault: bool) -> Result<(String, u64)> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -232,6 +240,9 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         hasher.update(&buf[..n]);
+        if fault && size == 0 {
+            semiflow_stages::fault::point("blob-hash");
+        }
         size += n as u64;
     }
     Ok((hasher.finalize().to_hex().to_string(), size))

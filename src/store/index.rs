@@ -1,12 +1,19 @@
 //! The sled index: which key produced which artifact, and the memos that make reruns cheap.
 //!
+//! The index is a cache of the record and ref files ([`super::records`]): everything in
+//! `records`, `by_name` and `attempts` is also a file, written first, and [`super::Store::repair`]
+//! rebuilds the index from those files. Only the fingerprint memos live in sled alone (losing them
+//! costs one re-hash of each dataset file).
+//!
 //! Trees:
 //! - `records`: key hex → JSON [`Record`]. Inserted only after every blob it names is in place and
-//!   fsynced, then flushed: a record never points at a missing or partial blob (crash safety).
+//!   fsynced and its record file is written, then flushed: a record never points at a missing or
+//!   partial blob (crash safety).
 //! - `by_name`: node name → key of the latest successful record, for `status` diffs and `show NODE`.
 //! - `attempts`: node name → key of the latest attempt (successful or not), for `semiflow log NODE`.
 //! - `fingerprints`: `abs path \0 size \0 mtime ns` → blake3 of the file, so dataset fingerprints do
 //!   not re-read unchanged files. A stale entry is unreachable because size or mtime is in its key.
+//! - `meta`: `format` → [`INDEX_FORMAT`], set once the index holds every record file.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +21,11 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::blobs::FileEntry;
+use super::records::NameRef;
+
+/// The index layout this build reads and writes. An index without it predates record files (or
+/// was just created); one with another value was written by an incompatible semiflow.
+pub const INDEX_FORMAT: &str = "semiflow-index/2 (sled 0.34, records as files)";
 
 /// One input artifact a node consumed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +82,7 @@ pub struct Index {
     by_name: sled::Tree,
     attempts: sled::Tree,
     fingerprints: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl Index {
@@ -79,6 +92,7 @@ impl Index {
             by_name: db.open_tree("by_name")?,
             attempts: db.open_tree("attempts")?,
             fingerprints: db.open_tree("fingerprints")?,
+            meta: db.open_tree("meta")?,
             db,
         })
     }
@@ -87,26 +101,86 @@ impl Index {
         match self.records.get(key.as_bytes())? {
             None => Ok(None),
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!("record {key} in the index is unreadable; `semiflow run --force` that node")
+                format!("record {key} in the index is unreadable; `semiflow repair` rebuilds the index from the record files")
             })?)),
         }
     }
 
-    /// Commit a record. The caller guarantees every blob it names is already durable.
-    pub fn commit(&self, rec: &Record) -> Result<()> {
-        let bytes = serde_json::to_vec(rec)?;
-        self.records.insert(rec.key.as_bytes(), bytes)?;
+    /// Commit a record. The caller guarantees every blob it names is already durable and its
+    /// record file written ([`super::Store::commit`]).
+    pub(super) fn commit(&self, rec: &Record) -> Result<()> {
+        self.insert_record(rec)?;
         self.by_name
             .insert(rec.node.as_bytes(), rec.key.as_bytes())?;
         self.db.flush().context("flushing the sled index")?;
         Ok(())
     }
 
+    /// Cache a record read from its file (no name pointer, no flush).
+    pub(super) fn insert_record(&self, rec: &Record) -> Result<()> {
+        let bytes = serde_json::to_vec(rec)?;
+        self.records.insert(rec.key.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// The index's layout marker, if set.
+    pub fn format(&self) -> Result<Option<String>> {
+        Ok(self
+            .meta
+            .get(b"format")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Replace the records, names and attempts with the given ones (from the files), mark the
+    /// index as complete and flush. `on_record` runs after each record (crash-point tests).
+    pub(super) fn fill(
+        &self,
+        records: &[Record],
+        names: &[NameRef],
+        attempts: &[NameRef],
+        mut on_record: impl FnMut(usize),
+    ) -> Result<()> {
+        self.meta.remove(b"format")?;
+        self.records.clear()?;
+        self.by_name.clear()?;
+        self.attempts.clear()?;
+        for (i, rec) in records.iter().enumerate() {
+            self.insert_record(rec)?;
+            on_record(i);
+        }
+        for r in names {
+            self.by_name.insert(r.node.as_bytes(), r.key.as_bytes())?;
+        }
+        for r in attempts {
+            self.attempts.insert(r.node.as_bytes(), r.key.as_bytes())?;
+        }
+        self.meta.insert(b"format", INDEX_FORMAT.as_bytes())?;
+        self.db.flush().context("flushing the sled index")?;
+        Ok(())
+    }
+
+    /// Latest attempts as `(node, key)`.
+    pub fn attempts(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for kv in self.attempts.iter() {
+            let (k, v) = kv?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
     /// Point a node name at an existing record (a cache hit under another name: a renamed node,
     /// or an unswept twin of a swept one), so `show` and `log` find it by this name (`report` and
     /// `audit` go by key).
     /// Writes only when the name pointed elsewhere; durable with the run's closing flush.
-    pub fn note_name(&self, node: &str, key: &str) -> Result<()> {
+    pub(super) fn note_name(&self, node: &str, key: &str) -> Result<()> {
         if self.latest_key(node)?.as_deref() != Some(key) {
             self.by_name.insert(node.as_bytes(), key.as_bytes())?;
         }
@@ -128,7 +202,7 @@ impl Index {
     }
 
     /// Durable at once (flushed): the log of a run that crashes or fails must stay findable.
-    pub fn note_attempt(&self, node: &str, key: &str) -> Result<()> {
+    pub(super) fn note_attempt(&self, node: &str, key: &str) -> Result<()> {
         self.attempts.insert(node.as_bytes(), key.as_bytes())?;
         self.db.flush()?;
         Ok(())

@@ -251,7 +251,15 @@ pub fn derive_seed(domain: &str, parts: &[u64]) -> u64 {
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    use std::io::Write;
+    let half = bytes.len() / 2;
+    let mut f =
+        fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(&bytes[..half])
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    crate::fault::point("dataset-write");
+    f.write_all(&bytes[half..])
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -60,14 +60,24 @@ pub fn save_checkpoint(
     let bytes = encode(state, tensors)?;
     let path = dir.join(CHECKPOINT_FILE);
     let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-    {
+    let written = (|| {
         let mut f =
             fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&bytes)
+        let half = bytes.len() / 2;
+        f.write_all(&bytes[..half])
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        crate::fault::point("checkpoint-write");
+        f.write_all(&bytes[half..])
             .and_then(|_| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("publishing {}", path.display()))
+    })();
+    if let Err(e) = written {
+        // A full disk must not also leave a partial checkpoint-sized file behind; the previous
+        // checkpoint (if any) is untouched.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, &path).with_context(|| format!("publishing {}", path.display()))?;
     // Persist the rename itself (best effort: not every platform can open a directory).
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
