@@ -67,6 +67,7 @@ fn record(i: usize) -> Record {
             overrides: vec![],
             started: "2026-12-05T00:00:00Z".into(),
             duration_s: 1.5,
+            numerics: None,
         },
     }
 }

@@ -97,6 +97,9 @@ pub fn node_key(
         inputs,
         dataset: fingerprint.as_deref(),
         seed: node.seed,
+        numerics: spec
+            .numerics
+            .then_some(semiflow_stages::numerics::NUMERICS_VERSION),
     }))
 }
 
@@ -564,6 +567,7 @@ fn provenance(plan: &Plan, node: &PlanNode, started: SystemTime, duration_s: f64
         overrides: plan.overrides.clone(),
         started: crate::timefmt::rfc3339(started),
         duration_s,
+        numerics: Some(semiflow_stages::numerics::current(thread_count())),
     }
 }
 

@@ -123,6 +123,9 @@ pub fn status(
                 inputs: &BTreeMap::new(),
                 dataset: None,
                 seed: node.seed,
+                numerics: spec
+                    .numerics
+                    .then_some(semiflow_stages::numerics::NUMERICS_VERSION),
             });
             if let Some(prev) = &previous {
                 let old: Vec<(String, String)> = prev

@@ -29,6 +29,10 @@ pub struct KeyInput<'a> {
     /// Dataset fingerprint, for dataset nodes only.
     pub dataset: Option<&'a str>,
     pub seed: u64,
+    /// The shared numerics version, for kinds whose outputs depend on floating-point arithmetic.
+    /// Version 0 (the arithmetic every key before it existed was computed with) is left out of the
+    /// key, so those keys stay valid; any later version enters it.
+    pub numerics: Option<u32>,
 }
 
 /// A computed cache key.
@@ -47,7 +51,7 @@ impl Key {
         for (role, hashes) in k.inputs {
             inputs.insert(role.clone(), Value::from(hashes.clone()));
         }
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "schema": KEY_SCHEMA,
             "kind": k.kind,
             "kind_version": k.kind_version,
@@ -56,6 +60,9 @@ impl Key {
             "dataset": k.dataset,
             "seed": k.seed,
         });
+        if let Some(v) = k.numerics.filter(|&v| v > 0) {
+            doc["numerics"] = Value::from(v);
+        }
         let hex = blake3::hash(canonical_json(&doc).as_bytes())
             .to_hex()
             .to_string();
@@ -74,6 +81,9 @@ pub fn components(k: &KeyInput) -> Vec<(String, String)> {
         ("kind".to_string(), k.kind.to_string()),
         (format!("code {}", k.kind), format!("v{}", k.kind_version)),
     ];
+    if let Some(v) = k.numerics.filter(|&v| v > 0) {
+        out.push(("numerics".to_string(), format!("v{v}")));
+    }
     flatten_params("", k.params, &mut out);
     for (role, hashes) in k.inputs {
         if hashes.len() == 1 {
@@ -179,7 +189,30 @@ mod tests {
             inputs: &inputs,
             dataset: None,
             seed,
+            numerics: Some(0),
         })
+    }
+
+    #[test]
+    fn numerics_version_0_keeps_old_keys_and_later_ones_change_them() {
+        let params = json!({"epochs": 3});
+        let inputs = BTreeMap::new();
+        let k = |numerics| {
+            Key::compute(&KeyInput {
+                kind: "pretrain",
+                kind_version: 2,
+                params: &params,
+                inputs: &inputs,
+                dataset: None,
+                seed: 0,
+                numerics,
+            })
+        };
+        assert_eq!(k(None), k(Some(0)));
+        assert_ne!(k(Some(0)).hex, k(Some(1)).hex);
+        assert!(k(Some(1))
+            .components
+            .contains(&("numerics".to_string(), "v1".to_string())));
     }
 
     #[test]

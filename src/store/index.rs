@@ -48,6 +48,9 @@ pub struct Provenance {
     /// Start, UTC, RFC 3339.
     pub started: String,
     pub duration_s: f64,
+    /// Numerics profile, CPU and ISA (absent in records made before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numerics: Option<semiflow_stages::numerics::NumericsInfo>,
 }
 
 /// What the index holds for one key.

@@ -295,6 +295,7 @@ mod tests {
                 overrides: vec![],
                 started: started.into(),
                 duration_s: 1.0,
+                numerics: None,
             },
         }
     }

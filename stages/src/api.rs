@@ -129,6 +129,9 @@ pub struct KindSpec {
     pub refs: &'static [RefSpec],
     /// Whether it trains (has epochs, checkpoints, a loss curve).
     pub trains: bool,
+    /// Whether its outputs depend on floating-point arithmetic (network forward/backward passes):
+    /// then `numerics::NUMERICS_VERSION` is part of its cache key.
+    pub numerics: bool,
     /// Validate the node's parameter table (references removed) and fill defaults.
     pub resolve_params: fn(&serde_json::Value) -> Result<serde_json::Value, ParamError>,
     pub run: fn(&RunCtx) -> anyhow::Result<StageOutput>,

@@ -25,34 +25,43 @@ const TARGET_COLS: usize = 256;
 /// Upper bound on one chunk's column matrix, in floats (16 MiB): bounds scratch memory per thread.
 const MAX_COL_FLOATS: usize = 4 << 20;
 
-/// How a call splits its batch into chunks of images.
+/// The split of a batch that fixes the sums, whatever the thread count: chunk boundaries, and the
+/// weight gradient summed per group of consecutive chunks, groups added in order. It is the split
+/// two threads made before the numerics were pinned (the committed results come from 2-thread
+/// runs), now applied at any thread count; threads only decide what runs at once.
+const SPLIT_WORKERS: usize = 2;
+
+/// How a call splits its batch into chunks of images, and how those run.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     /// Images per chunk (the last chunk may hold fewer).
     per_chunk: usize,
     chunks: usize,
-    /// Run chunks in parallel (single-threaded GEMMs) rather than one after another.
-    outer: bool,
+    /// Weight-gradient groups: `SPLIT_WORKERS` runs of consecutive chunks, or one.
+    groups: usize,
+    /// Threads available (execution only: no sum depends on it).
     threads: usize,
 }
 
 impl Plan {
     fn new(g: &ConvGeom) -> Self {
         let threads = rayon::current_num_threads().max(1);
+        let w = SPLIT_WORKERS;
         let p = g.p().max(1);
         let cap_images = (MAX_COL_FLOATS / (g.k_total() * p).max(1)).max(1);
         let mut per_chunk = TARGET_COLS.div_ceil(p).min(cap_images).clamp(1, g.n.max(1));
         let mut chunks = g.n.div_ceil(per_chunk);
-        if threads > 1 && g.n >= threads {
-            // Round the chunk count up to a multiple of the thread count so threads finish together.
-            let balanced = chunks.div_ceil(threads) * threads;
+        if g.n >= w {
+            // A multiple of SPLIT_WORKERS chunks, so the groups are the same size.
+            let balanced = chunks.div_ceil(w) * w;
             per_chunk = g.n.div_ceil(balanced);
             chunks = g.n.div_ceil(per_chunk);
         }
+        let groups = if chunks >= w { w } else { 1 };
         Self {
             per_chunk,
             chunks,
-            outer: threads > 1 && chunks >= threads,
+            groups,
             threads,
         }
     }
@@ -63,9 +72,14 @@ impl Plan {
         (b0, self.per_chunk.min(n - b0))
     }
 
-    /// Threads each chunk's GEMMs may use.
+    /// Run independent chunks in parallel (single-threaded GEMMs) rather than one after another.
+    fn outer(&self) -> bool {
+        self.threads > 1 && self.chunks >= self.threads
+    }
+
+    /// Threads each chunk's GEMMs may use when chunks run one after another.
     fn gemm_threads(&self) -> usize {
-        if self.outer {
+        if self.outer() {
             1
         } else {
             self.threads
@@ -203,7 +217,7 @@ pub(super) fn forward_gemm(g: &ConvGeom, x: &[f32], xv: &PlanarView, w: &[f32]) 
         let (b0, nb) = plan.chunk(c, g.n);
         with_scratch(|s| forward_chunk(g, x, xv, w, out_ptr, b0, nb, plan.gemm_threads(), s));
     };
-    if plan.outer {
+    if plan.outer() {
         (0..plan.chunks).into_par_iter().for_each(run);
     } else {
         (0..plan.chunks).for_each(run);
@@ -400,17 +414,21 @@ pub(super) fn backward_routes(
     let mut dx = want_dx.then(|| uninit_vec(g.n * g.cin * g.h * g.w));
     let dx_ptr = dx.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
     let w_len = w.len();
-    // Each worker accumulates the weight gradient of a contiguous run of chunks; runs are summed.
-    let workers = if plan.outer {
-        plan.threads.min(plan.chunks)
+    // Each group accumulates the weight gradient of a contiguous run of chunks, in chunk order;
+    // the groups' sums are added in group order (see SPLIT_WORKERS). Groups run at once when
+    // there are threads for them, each chunk's GEMMs sharing the rest.
+    let groups = plan.groups;
+    let parallel_groups = groups > 1 && plan.threads > 1;
+    let gemm_threads = if parallel_groups {
+        (plan.threads / groups).max(1)
     } else {
-        1
+        plan.gemm_threads()
     };
-    let run = |worker: usize| {
+    let run = |group: usize| {
         let mut dw = want_dw.then(|| vec![0.0f32; w_len]);
         let (c0, c1) = (
-            worker * plan.chunks / workers,
-            (worker + 1) * plan.chunks / workers,
+            group * plan.chunks / groups,
+            (group + 1) * plan.chunks / groups,
         );
         for c in c0..c1 {
             let (b0, nb) = plan.chunk(c, g.n);
@@ -426,7 +444,7 @@ pub(super) fn backward_routes(
                     dw.as_deref_mut(),
                     b0,
                     nb,
-                    plan.gemm_threads(),
+                    gemm_threads,
                     direct_dw,
                     s,
                 )
@@ -434,20 +452,20 @@ pub(super) fn backward_routes(
         }
         dw
     };
-    let dw = if workers > 1 {
-        (0..workers)
-            .into_par_iter()
-            .map(run)
-            .reduce_with(|a, b| {
-                a.zip(b).map(|(mut a, b)| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                })
-            })
-            .expect("at least one worker")
+    let partial: Vec<Option<Vec<f32>>> = if parallel_groups {
+        (0..groups).into_par_iter().map(run).collect()
     } else {
-        run(0)
+        (0..groups).map(run).collect()
     };
+    let dw = partial
+        .into_iter()
+        .reduce(|a, b| {
+            a.zip(b).map(|(mut a, b)| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+        })
+        .expect("at least one group");
     (dx, dw)
 }
 

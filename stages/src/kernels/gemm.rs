@@ -92,8 +92,9 @@ pub(crate) unsafe fn matmul(
     } else {
         Parallelism::None
     };
-    // gemm computes dst := alpha·dst + beta·(lhs·rhs); alpha is only read when read_dst.
-    gemm::gemm(
+    // gemm computes dst := alpha·dst + beta·(lhs·rhs); alpha is only read when read_dst. The
+    // pinned entry fixes gemm's K blocking on every CPU (vendor/candle-core pinned_gemm.rs).
+    candle_core::cpu_backend::pinned_gemm::gemm(
         m,
         n,
         k,
@@ -109,29 +110,14 @@ pub(crate) unsafe fn matmul(
         b.rs,
         1.0f32,
         1.0f32,
-        false,
-        false,
-        false,
+        1.0f32,
         parallelism,
     )
 }
 
-/// The K block length `gemm` uses for an `m×k · k×n` product: it sums each block's products in
+/// The K block length the GEMM uses for an `m×k · k×n` product: it sums each block's products in
 /// registers and adds the block to the destination, so matching its sums means matching this.
+/// Pinned (the same on every CPU), see `candle_core::cpu_backend::pinned_gemm`.
 pub(crate) fn k_block(m: usize, n: usize, k: usize) -> usize {
-    if m <= 64 && n <= 64 {
-        // gemm-common's shortcut for small products (`gemm_basic_generic`).
-        return k.min(512);
-    }
-    // The f32 register tile gemm picks: 3×16 × 6 with AVX-512 (gemm's `x86-v4` feature), else
-    // 2×8 × 6.
-    #[cfg(target_arch = "x86_64")]
-    let mr = if std::is_x86_feature_detected!("avx512f") {
-        48
-    } else {
-        16
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let mr = 16;
-    gemm_common::cache::kernel_params(m, n, k, mr, 6, 4).kc
+    candle_core::cpu_backend::pinned_gemm::k_block(m, n, k)
 }

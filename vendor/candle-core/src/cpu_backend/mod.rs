@@ -12,6 +12,7 @@ pub use utils::{
     Map1, Map1Any, Map2, Map2InPlace, Map2U8,
 };
 mod conv2d;
+pub mod pinned_gemm;
 use conv2d::Conv2D;
 
 const USE_IM2COL_CONV1D: bool = true;
@@ -1450,7 +1451,7 @@ impl Map2 for MatMul {
         rhs: &[T],
         rhs_l: &Layout,
     ) -> Result<Vec<T>> {
-        use gemm::{gemm, Parallelism};
+        use gemm::Parallelism;
 
         match T::DTYPE {
             DType::F16 | DType::F32 | DType::F64 => {}
@@ -1504,7 +1505,8 @@ impl Map2 for MatMul {
             let rhs_p = &rhs[step * b_skip..];
             let dst_p = &mut dst[step * c_skip..];
             unsafe {
-                gemm(
+                // semiflow patch: K blocking pinned (pinned_gemm.rs, PATCHED.md).
+                pinned_gemm::gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
@@ -1520,9 +1522,7 @@ impl Map2 for MatMul {
                     /* rhs_rs: isize = */ rhs_rs as isize,
                     /* alpha: T = */ T::zero(),
                     /* beta: T = */ T::one(),
-                    /* conj_dst: bool = */ false,
-                    /* conj_lhs: bool = */ false,
-                    /* conj_rhs: bool = */ false,
+                    /* one: T = */ T::one(),
                     parallelism,
                 )
             }
