@@ -20,6 +20,39 @@ pub struct Plan {
     pub overrides: Vec<String>,
     /// Sweep variables and their values, in declaration order, for reports.
     pub sweep: Vec<(String, Vec<serde_json::Value>)>,
+    /// `[claims.NAME]`, in declaration order (checked by `semiflow report` and `audit --claims`).
+    pub claims: Vec<Claim>,
+}
+
+/// A stated comparison between two methods' metrics (see `pipeline/claims.rs`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Claim {
+    pub name: String,
+    /// Base node names whose evaluated models are compared.
+    pub better: String,
+    pub than: String,
+    /// `top1` or `top5`.
+    pub metric: String,
+    /// `test` or `val`.
+    pub split: String,
+    /// Sweep variable → the values to check at (empty: every point where both have results).
+    pub at: Vec<(String, Vec<serde_json::Value>)>,
+    /// Percentage points `better` must lead by.
+    pub margin: f64,
+    pub kind: ClaimKind,
+    pub description: String,
+    /// `[x, y]`: compare the gain `better − than` with the gain `x − y` instead of with zero
+    /// ("the bigger model gains more from pretraining").
+    pub gain_over: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// `better` leads by more than `margin`, beyond noise.
+    Better,
+    /// `better` is not behind `margin` beyond noise.
+    AtLeast,
 }
 
 /// One concrete node.

@@ -6,6 +6,7 @@
 //! [sweep]               # VAR = [values...]
 //! [defaults.KIND]       # merged into the nodes before this (see `defaults`)
 //! [nodes.NAME]          # kind, seed, checkpoint_every, the kind's references, the kind's params
+//! [claims.NAME]         # better, than, metric, split, at, margin, kind (see `claims`)
 //! ```
 
 use std::collections::BTreeSet;
@@ -20,7 +21,9 @@ use super::subst::expand_env;
 use super::{params, KindLookup, DATASET_KIND};
 
 // `defaults` is consumed (merged into the nodes) before this module reads the document.
-const TOP_KEYS: &[&str] = &["pipeline", "datasets", "sweep", "defaults", "nodes"];
+const TOP_KEYS: &[&str] = &[
+    "pipeline", "datasets", "sweep", "defaults", "nodes", "claims",
+];
 const PIPELINE_KEYS: &[&str] = &["name", "seed", "description"];
 /// Node keys the engine consumes itself; they never reach a kind's `resolve_params`.
 pub const ENGINE_KEYS: &[&str] = &["kind", "seed", "checkpoint_every"];
@@ -31,6 +34,7 @@ pub struct Document<'k> {
     pub datasets: Vec<DatasetDecl>,
     pub sweep: Vec<SweepVar>,
     pub nodes: Vec<NodeDecl<'k>>,
+    pub claims: Vec<crate::plan::Claim>,
 }
 
 pub struct DatasetDecl {
@@ -142,12 +146,23 @@ pub fn read<'k>(root: &Table, cx: &Context<'_, 'k>, problems: &mut Problems) -> 
             Vec::new()
         }
     };
+    let claims = match table_at(root, "claims", problems) {
+        Some((_, t)) => {
+            let names: Vec<&str> = match root.get("nodes").and_then(|v| v.as_table()) {
+                Some(n) => n.keys().collect(),
+                None => Vec::new(),
+            };
+            super::claims::read_claims(t, &names, &sweep, problems)
+        }
+        None => Vec::new(),
+    };
     Document {
         name,
         seed,
         datasets,
         sweep,
         nodes,
+        claims,
     }
 }
 

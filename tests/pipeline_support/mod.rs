@@ -151,6 +151,7 @@ const fn kind(
         summary: "test kind",
         refs,
         trains,
+        numerics: trains,
         resolve_params,
         run: no_run,
     }
