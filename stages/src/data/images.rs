@@ -100,15 +100,26 @@ impl Images {
 
     /// Checks the internal consistency: array sizes match `n`, labels are below `num_classes`.
     pub fn validate(&self, num_classes: usize) -> Result<()> {
+        let expected = [self.h, self.w, self.c]
+            .iter()
+            .try_fold(self.n, |a, &b| a.checked_mul(b));
         ensure!(
-            self.pixels.len() == self.n * self.image_len(),
+            expected.is_some(),
+            "{} images of {}×{}×{} are more bytes than can exist",
+            self.n,
+            self.h,
+            self.w,
+            self.c
+        );
+        ensure!(
+            Some(self.pixels.len()) == expected,
             "pixel array holds {} bytes, expected {} images × {}×{}×{} = {}",
             self.pixels.len(),
             self.n,
             self.h,
             self.w,
             self.c,
-            self.n * self.image_len()
+            expected.unwrap_or(usize::MAX)
         );
         ensure!(
             self.labels.len() == self.n,

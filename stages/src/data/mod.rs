@@ -168,7 +168,20 @@ impl Dataset {
             let path = dir.join(part.pixels_file());
             let pixels = fs::read(&path)
                 .with_context(|| format!("cannot read dataset file {}", path.display()))?;
-            let expected = n * meta.height * meta.width * meta.channels;
+            // Checked: a corrupt meta.json must not wrap the product into a "matching" size.
+            let expected = [meta.height, meta.width, meta.channels]
+                .iter()
+                .try_fold(n, |a, &b| a.checked_mul(b));
+            let Some(expected) = expected else {
+                bail!(
+                    "{} promises {n} images of {}×{}×{}, more bytes than can exist: the artifact \
+                     is corrupt; re-run the dataset stage",
+                    dir.join(META_FILE).display(),
+                    meta.height,
+                    meta.width,
+                    meta.channels
+                );
+            };
             ensure!(
                 pixels.len() == expected,
                 "dataset file {} holds {} bytes but meta.json promises {n} images of {}×{}×{} = {expected} \
