@@ -125,7 +125,8 @@ impl Env {
         assert_eq!(
             out.status.signal(),
             Some(6),
-            "{args:?} with SEMIFLOW_FAULT={fault} did not abort ({:?}):\n{stderr}",
+            "{args:?} with SEMIFLOW_FAULT={fault} did not abort ({:?}); if the binary was rebuilt by \
+             `cargo build` meanwhile, it lacks the crash points (rerun through `cargo test`):\n{stderr}",
             out.status
         );
         let name = fault.split('@').next().unwrap();
