@@ -4,6 +4,8 @@ same eval forward and training step (forward + backward + SGD momentum 0.9, weig
 CPU, 2 threads, channels-last. Prints the same table.
 
 Filters: SEMIFLOW_BENCH=gemm,small,r18  SEMIFLOW_BENCH_BATCH=64,256  SEMIFLOW_BENCH_STEPS=5
+TORCH_DEVICE=cuda (default cpu): the same steps on a GPU, eager fp32 (TF32 off, as candle), the
+twin of the Rust bench's SEMIFLOW_BENCH_DEVICE=cuda.
 """
 import os
 import statistics
@@ -16,6 +18,17 @@ import torch.nn.functional as F
 THREADS = int(os.environ.get("TORCH_THREADS", "2"))
 torch.set_num_threads(THREADS)
 CLASSES = 10
+DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    # Plain fp32 matmuls and convolutions, as candle computes them.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class BasicBlock(nn.Module):
@@ -63,21 +76,25 @@ def time_it(warmup, steps, f):
     for _ in range(warmup):
         f()
     times = []
+    sync()
     for _ in range(steps):
         t = time.perf_counter()
         f()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
 def gemm_peak():
     n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     torch.mm(a, b)
+    sync()
     best = float("inf")
     for _ in range(15):  # best of 15, as the Rust bench: the median drifts on a shared VM
         t = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
@@ -88,7 +105,8 @@ def main():
     wants = lambda s: sections is None or s in sections
     batches = [int(b) for b in os.environ.get("SEMIFLOW_BENCH_BATCH", "64,256").split(",")]
     steps = int(os.environ.get("SEMIFLOW_BENCH_STEPS", "5"))
-    print(f"PyTorch {torch.__version__} CPU speed bench: {torch.get_num_threads()} threads, channels-last, "
+    on = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
+    print(f"PyTorch {torch.__version__} speed bench ({on}): {torch.get_num_threads()} threads, channels-last, "
           f"{steps} timed steps (median)")
     peak = gemm_peak()
     print(f"fp32 GEMM 1024^3 (torch.mm): {peak:.0f} GFLOP/s\n")
@@ -97,11 +115,11 @@ def main():
     for name, widths in [("small", (16, 32, 64, 128)), ("r18", (64, 128, 256, 512))]:
         if not wants(name):
             continue
-        model = ResNet(widths).to(memory_format=torch.channels_last)
+        model = ResNet(widths).to(DEVICE, memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         for batch in batches:
-            x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-            labels = torch.arange(batch) % CLASSES
+            x = torch.randn(batch, 3, 32, 32, device=DEVICE).contiguous(memory_format=torch.channels_last)
+            labels = torch.arange(batch, device=DEVICE) % CLASSES
 
             def fwd():
                 model.eval()

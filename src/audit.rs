@@ -6,7 +6,10 @@
 //!
 //! Rerun: the node's stage is executed again in a scratch directory outside the store, on exactly the
 //! input artifacts its record names, and its output files are compared bit for bit with the
-//! record's; with `--tolerance X`, metrics within X of the recorded ones also pass.
+//! record's; with `--tolerance X`, metrics within X of the recorded ones also pass. With
+//! `--rerun-on DEVICE` a node recorded on another device (`cpu`, `cuda`) reruns there: its outputs
+//! cannot be bit-identical, so its metrics are compared within the tolerance (by default
+//! [`CROSS_DEVICE_TOLERANCE`]) and the line says so.
 
 use std::collections::BTreeMap;
 
@@ -25,7 +28,14 @@ pub struct AuditOptions {
     pub verify: bool,
     pub rerun: Vec<String>,
     pub tolerance: Option<f64>,
+    /// Rerun on this device (`cpu`, `cuda`, `cuda:N`) instead of the recorded one; outputs then
+    /// cannot be bit-identical, so metrics are compared within the tolerance
+    /// ([`CROSS_DEVICE_TOLERANCE`] unless given).
+    pub rerun_on: Option<String>,
 }
+
+/// The metric tolerance of a rerun on another device than the record's, when none is given.
+pub const CROSS_DEVICE_TOLERANCE: f64 = 0.02;
 
 /// Returns whether everything passed.
 pub fn audit(store: &Store, plan: &Plan, opts: &AuditOptions) -> Result<bool> {
@@ -80,7 +90,7 @@ pub fn audit(store: &Store, plan: &Plan, opts: &AuditOptions) -> Result<bool> {
             bail!("--rerun {target}: no such node in {}", plan.file.display());
         }
         for node in matched {
-            match rerun(store, plan, &node.name, opts.tolerance) {
+            match rerun(store, plan, &node.name, opts) {
                 Ok(true) => {}
                 Ok(false) => ok = false,
                 Err(e) => {
@@ -93,7 +103,7 @@ pub fn audit(store: &Store, plan: &Plan, opts: &AuditOptions) -> Result<bool> {
     Ok(ok)
 }
 
-fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Result<bool> {
+fn rerun(store: &Store, plan: &Plan, name: &str, opts: &AuditOptions) -> Result<bool> {
     let idx = plan.index_of(name).expect("matched above");
     let node = &plan.nodes[idx];
     let rec = crate::explain::current_records(store, plan)?
@@ -115,7 +125,38 @@ fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Resu
         let mut node = node.clone();
         node.params = rec.params.clone();
         node.seed = rec.provenance.seed;
-        let output = invoke_stage(spec, &node, &inputs, &out, &resume, &NoProgress)?;
+        // The device is a parameter ("cpu" when absent); `--rerun-on` swaps it.
+        let recorded_on = rec
+            .params
+            .get("device")
+            .and_then(|d| d.as_str())
+            .unwrap_or("cpu")
+            .to_string();
+        let mut tolerance = opts.tolerance;
+        let mut on = String::new();
+        if let Some(target) = &opts.rerun_on {
+            if semiflow_stages::device::DEVICE_KINDS.contains(&rec.kind.as_str())
+                && *target != recorded_on
+            {
+                if let Some(params) = node.params.as_object_mut() {
+                    if target == "cpu" {
+                        params.remove("device");
+                    } else {
+                        params.insert("device".into(), target.as_str().into());
+                    }
+                }
+                let tol = *tolerance.get_or_insert(CROSS_DEVICE_TOLERANCE);
+                on = format!(
+                    " on {target} (recorded on {recorded_on}; metrics compared within {tol})"
+                );
+            }
+        }
+        let output = invoke_stage(spec, &node, &inputs, &out, &resume, &NoProgress);
+        let output = if on.is_empty() {
+            output?
+        } else {
+            output.with_context(|| format!("rerun{on}"))?
+        };
         let mut files = Vec::new();
         collect_files(&out, &out, &mut files)?;
         let mut fresh = BTreeMap::new();
@@ -129,7 +170,7 @@ fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Resu
             .collect();
         if fresh == recorded {
             println!(
-                "ok    rerun {name}: {} output files bit-identical",
+                "ok    rerun {name}{on}: {} output files bit-identical",
                 fresh.len()
             );
             return Ok(true);
@@ -148,7 +189,7 @@ fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Resu
             .collect();
         let Some(tol) = tolerance else {
             println!(
-                "FAIL  rerun {name}: outputs differ: {}",
+                "FAIL  rerun {name}{on}: outputs differ: {}",
                 differing.join(", ")
             );
             return Ok(false);
@@ -163,13 +204,13 @@ fn rerun(store: &Store, plan: &Plan, name: &str, tolerance: Option<f64>) -> Resu
         }
         if missing.is_empty() && worst <= tol {
             println!(
-                "ok    rerun {name}: outputs differ ({}) but metrics agree within {tol} (max diff {worst:.3e})",
+                "ok    rerun {name}{on}: outputs differ ({}) but metrics agree within {tol} (max diff {worst:.3e})",
                 differing.join(", ")
             );
             Ok(true)
         } else {
             println!(
-                "FAIL  rerun {name}: metrics differ by up to {worst:.3e} (tolerance {tol}){}",
+                "FAIL  rerun {name}{on}: metrics differ by up to {worst:.3e} (tolerance {tol}){}",
                 if missing.is_empty() {
                     String::new()
                 } else {

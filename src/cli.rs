@@ -47,6 +47,10 @@ pub enum Command {
         /// Override a parameter: `node.key=value` (recorded in provenance).
         #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
         set: Vec<String>,
+        /// Compute every training and eval node on this device: `cpu`, `cuda` or `cuda:N` (sets
+        /// the `device` of each such node, over its own; part of the cache key unless `cpu`).
+        #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+        device: Option<String>,
         /// Run only these nodes (their inputs must be cached).
         #[arg(long, value_name = "NODE")]
         only: Vec<String>,
@@ -71,12 +75,20 @@ pub enum Command {
         file: PathBuf,
         #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
         set: Vec<String>,
+        /// Compute every training and eval node on this device: `cpu`, `cuda` or `cuda:N` (sets
+        /// the `device` of each such node, over its own; part of the cache key unless `cpu`).
+        #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+        device: Option<String>,
     },
     /// Every node's key and state, and why it would run.
     Status {
         file: PathBuf,
         #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
         set: Vec<String>,
+        /// Compute every training and eval node on this device: `cpu`, `cuda` or `cuda:N` (sets
+        /// the `device` of each such node, over its own; part of the cache key unless `cpu`).
+        #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+        device: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +118,16 @@ pub enum Command {
         /// Accept a rerun whose metrics are within this absolute tolerance.
         #[arg(long, value_name = "X")]
         tolerance: Option<f64>,
+        /// Rerun on this device (`cpu`, `cuda`, `cuda:N`) instead of the recorded one; metrics are
+        /// then compared within --tolerance (default 0.02).
+        #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+        rerun_on: Option<String>,
+        /// The overrides the pipeline ran with (selects the records to audit).
+        #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
+        set: Vec<String>,
+        /// The `--device` the pipeline ran with (selects the records to audit).
+        #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+        device: Option<String>,
     },
     /// Remove blobs, checkpoints and temp files that no record needs.
     Gc {
@@ -121,6 +143,12 @@ pub enum Command {
         /// Output directory (default: <store>/report).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// The overrides the pipeline ran with (selects the records to report).
+        #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
+        set: Vec<String>,
+        /// The `--device` the pipeline ran with (selects the records to report).
+        #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+        device: Option<String>,
     },
     /// List the stage kinds.
     Kinds,
@@ -132,6 +160,25 @@ mod frontend {
 
     pub fn load(file: &Path, overrides: &[String]) -> Result<Plan> {
         crate::pipeline::load(file, overrides).map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// [`load`], then with `--device D`: once more with `nodes.X.device=D` added to the overrides
+    /// for every node table X whose kind takes a device (so provenance records them).
+    pub fn load_on(file: &Path, overrides: &[String], device: Option<&str>) -> Result<Plan> {
+        let plan = load(file, overrides)?;
+        let Some(device) = device else {
+            return Ok(plan);
+        };
+        let mut sets = overrides.to_vec();
+        let mut seen = std::collections::BTreeSet::new();
+        for n in &plan.nodes {
+            if semiflow_stages::device::DEVICE_KINDS.contains(&n.kind.as_str())
+                && seen.insert(n.base.as_str())
+            {
+                sets.push(format!("nodes.{}.device={device}", n.base));
+            }
+        }
+        load(file, &sets)
     }
 
     pub fn select(plan: &Plan, only: &[String], until: Option<&str>) -> Result<Vec<usize>> {
@@ -146,6 +193,11 @@ mod frontend {
         };
         crate::graph::render(plan, f)
     }
+}
+
+/// `--device`: `cpu`, `cuda` or `cuda:N`, written back in canonical form (`cuda:0` is `cuda`).
+fn parse_device(s: &str) -> Result<String, String> {
+    semiflow_stages::device::DeviceChoice::parse(s).map(|d| d.to_string())
 }
 
 /// Parse arguments, run the verb, return the process exit code.
@@ -186,6 +238,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run {
             file,
             set,
+            device,
             only,
             until,
             force,
@@ -193,7 +246,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             jobs,
             verify,
         } => {
-            let plan = frontend::load(&file, &set)?;
+            let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let selection = frontend::select(&plan, &only, until.as_deref())?;
             for f in &force {
                 if !plan.nodes.iter().any(|n| n.name == *f || n.base == *f) {
@@ -227,16 +280,21 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 1
             })
         }
-        Command::Validate { file, set } => {
-            let plan = frontend::load(&file, &set)?;
+        Command::Validate { file, set, device } => {
+            let plan = frontend::load_on(&file, &set, device.as_deref())?;
             for n in &plan.nodes {
                 crate::exec::kind_spec(&n.kind).with_context(|| format!("node {}", n.name))?;
             }
             println!("{}: ok ({} nodes)", file.display(), plan.nodes.len());
             Ok(0)
         }
-        Command::Status { file, set, json } => {
-            let plan = frontend::load(&file, &set)?;
+        Command::Status {
+            file,
+            set,
+            device,
+            json,
+        } => {
+            let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let all: Vec<usize> = (0..plan.nodes.len()).collect();
             let rows = crate::explain::status(&store()?, &plan, &all, &[])?;
             if json {
@@ -272,12 +330,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             verify,
             rerun,
             tolerance,
+            rerun_on,
+            set,
+            device,
         } => {
-            let plan = frontend::load(&file, &[])?;
+            let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let opts = crate::audit::AuditOptions {
                 verify,
                 rerun,
                 tolerance,
+                rerun_on,
             };
             let ok = crate::audit::audit(&store()?, &plan, &opts)?;
             println!("audit: {}", if ok { "pass" } else { "FAIL" });
@@ -326,8 +388,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Report { file, out } => {
-            let plan = frontend::load(&file, &[])?;
+        Command::Report {
+            file,
+            out,
+            set,
+            device,
+        } => {
+            let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let store = store()?;
             let out = out.unwrap_or_else(|| store.root.join("report"));
             for f in crate::report::report(&store, &plan, &out)? {

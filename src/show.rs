@@ -79,6 +79,9 @@ pub fn print(rec: &Record) {
     println!("  semiflow  {} (git {})", p.semiflow_version, p.git_commit);
     println!("  candle    {}", p.candle_version);
     println!("  host      {} ({} threads)", p.host, p.threads);
+    if let Some(device) = device(rec) {
+        println!("  device    {device}");
+    }
     println!("  seed      {}", p.seed);
     println!("  pipeline  {}", p.pipeline);
     if !p.overrides.is_empty() {
@@ -86,6 +89,28 @@ pub fn print(rec: &Record) {
     }
     println!("  started   {}", p.started);
     println!("  duration  {:.3}s", p.duration_s);
+}
+
+/// Where a training or eval node computed: `cpu`, or the GPU its stage recorded in
+/// `details.device` (`cuda:0 (NVIDIA H100 80GB HBM3)`); `None` for kinds without a device.
+pub fn device(rec: &Record) -> Option<String> {
+    if let Some(d) = rec.details.get("device") {
+        let id = d.get("device").and_then(|v| v.as_str()).unwrap_or("?");
+        return Some(match d.get("name").and_then(|v| v.as_str()) {
+            Some(name) => format!("{id} ({name})"),
+            None => id.to_string(),
+        });
+    }
+    if !semiflow_stages::device::DEVICE_KINDS.contains(&rec.kind.as_str()) {
+        return None;
+    }
+    Some(
+        rec.params
+            .get("device")
+            .and_then(|v| v.as_str())
+            .unwrap_or("cpu")
+            .to_string(),
+    )
 }
 
 /// The log of the latest attempt of `target` (node name or key).

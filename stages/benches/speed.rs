@@ -7,6 +7,8 @@
 //! Filters (comma lists): `SEMIFLOW_BENCH=gemm,small,r18,pretrain,augment` picks sections
 //! (`pretrain` runs the models named alongside it, or both),
 //! `SEMIFLOW_BENCH_BATCH=64,256` picks batch sizes, `SEMIFLOW_BENCH_STEPS=5` sets timed steps.
+//! `SEMIFLOW_BENCH_DEVICE=cuda` (or `cuda:N`; default `cpu`) runs the steps on a GPU, with
+//! candle's own conv/BatchNorm there (the custom kernels are CPU-only); needs `--features cuda`.
 //! `bench/torch_step.py` prints the same table for PyTorch.
 
 use std::time::Instant;
@@ -268,10 +270,13 @@ fn gemm_peak(dev: &Device) -> Result<f64> {
     let a = Tensor::randn(0f32, 1.0, (n, n), dev)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), dev)?;
     a.matmul(&b)?;
+    dev.synchronize()?;
     let mut best = f64::INFINITY;
     for _ in 0..15 {
         let t = Instant::now();
         a.matmul(&b)?;
+        // A GPU only queues the product; wait for it.
+        dev.synchronize()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n * n * n) as f64 / best / 1e9)
@@ -404,10 +409,17 @@ fn main() -> Result<()> {
     // SAFETY: plain option setter of the linked mimalloc, called before any threads start.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cfg = Config::from_env()?;
-    let dev = Device::Cpu;
+    let choice = std::env::var("SEMIFLOW_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let choice = semiflow_stages::device::DeviceChoice::parse(&choice)
+        .map_err(|e| anyhow::anyhow!("SEMIFLOW_BENCH_DEVICE: {e}"))?;
+    let dev = choice.open()?;
     let threads = rayon::current_num_threads();
+    let on = match semiflow_stages::device::describe(&dev) {
+        Some(d) => format!("on {}", d["name"].as_str().unwrap_or("a GPU")),
+        None => "CPU".into(),
+    };
     println!(
-        "semiflow CPU speed bench: {threads} threads, {} timed steps (median)",
+        "semiflow speed bench ({on}): {threads} threads, {} timed steps (median)",
         cfg.steps
     );
 
@@ -440,6 +452,7 @@ fn main() -> Result<()> {
             )?;
             let fwd = time_it(1, cfg.steps, || {
                 model.forward(&x, false)?;
+                dev.synchronize()?;
                 Ok(())
             })?;
             let mut sgd = Sgd::new(model.vars(), 0.01)?;

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod augment;
 pub mod data;
+pub mod device;
 pub mod fault;
 pub mod kernels;
 pub mod kinds;

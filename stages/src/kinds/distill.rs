@@ -31,6 +31,7 @@ use super::train::{self, StepLoss, Trainer};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
+use crate::device::DeviceChoice;
 use crate::loss::{cross_entropy, soft_cross_entropy};
 use crate::model::{ModelCfg, Network};
 use crate::optim::{self, Optimizer, OptimizerKind, Param, Scaling};
@@ -98,6 +99,10 @@ pub struct Params {
     pub nesterov: bool,
     /// What the teacher sees.
     pub teacher_view: TeacherView,
+    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
+    /// resolved params (and so from the cache key) when "cpu".
+    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
+    pub device: DeviceChoice,
 }
 
 /// The input the teacher's soft labels come from.
@@ -128,6 +133,7 @@ impl Default for Params {
             warmup_epochs: 1.0,
             nesterov: false,
             teacher_view: TeacherView::Same,
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -240,7 +246,11 @@ impl Trainer for Distiller {
 
 fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
     let p: Params = ctx.params()?;
-    let device = train::device()?;
+    let (choice, batch_size) = (p.device, p.batch_size);
+    crate::device::run_on(ctx, choice, batch_size, |device| run_on(ctx, p, device))
+}
+
+fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Result<StageOutput> {
     let ds = train::load_dataset(ctx, "data")?;
     let teacher_dir = ctx.input("teacher")?;
     let teacher = Network::load(teacher_dir, &device)?;

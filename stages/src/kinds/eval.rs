@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::{resolve_typed, KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
+use crate::device::DeviceChoice;
 use crate::knn::knn_scores;
 use crate::model::{read_sidecar, Network};
 
@@ -85,6 +86,10 @@ pub struct EvalParams {
     /// finds itself: a fit measure, not held-out accuracy; on "val" the bank leaves the
     /// validation images out.)
     pub split: String,
+    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
+    /// resolved params (and so from the cache key) when "cpu".
+    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
+    pub device: DeviceChoice,
 }
 
 impl Default for EvalParams {
@@ -95,6 +100,7 @@ impl Default for EvalParams {
             knn_temperature: 0.1,
             linear_probe_epochs: 0,
             split: "test".into(),
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -124,20 +130,15 @@ fn resolve_params(raw: &serde_json::Value) -> Result<serde_json::Value, ParamErr
     Ok(v)
 }
 
-/// The device stages compute on: the first CUDA device when built with `cuda`, else the CPU.
-fn device() -> Result<Device> {
-    #[cfg(feature = "cuda")]
-    {
-        Ok(Device::cuda_if_available(0)?)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        Ok(Device::Cpu)
-    }
-}
-
 fn run(ctx: &RunCtx) -> Result<StageOutput> {
     let params: EvalParams = ctx.params()?;
+    let (choice, batch_size) = (params.device, params.batch_size);
+    crate::device::run_on(ctx, choice, batch_size, |device| {
+        run_on(ctx, params, device)
+    })
+}
+
+fn run_on(ctx: &RunCtx, params: EvalParams, device: Device) -> Result<StageOutput> {
     let data_dir = ctx.input("data")?;
     let dataset = Dataset::load(data_dir)
         .with_context(|| format!("loading dataset {}", data_dir.display()))?;
@@ -147,7 +148,6 @@ fn run(ctx: &RunCtx) -> Result<StageOutput> {
         .filter(|v| !v.is_empty())
         .context("eval needs at least one model in `models`")?;
     let parts = Parts::new(&dataset, &params.split, ctx.inputs.get("holdout"))?;
-    let device = device()?;
     let mut reports = Vec::with_capacity(model_dirs.len());
     for (i, dir) in model_dirs.iter().enumerate() {
         ctx.check_cancel()?;

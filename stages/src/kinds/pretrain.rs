@@ -21,6 +21,7 @@ use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
 use crate::data::Images;
+use crate::device::DeviceChoice;
 use crate::kinds::eval::{ClassScores, EncoderKnn};
 use crate::loss::nt_xent_with_memory;
 use crate::memory::Memory;
@@ -72,6 +73,10 @@ pub struct Params {
     /// when off, so enabling it is the only change to existing keys).
     #[serde(skip_serializing_if = "KnnMonitor::is_off")]
     pub knn_monitor: KnnMonitor,
+    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
+    /// resolved params (and so from the cache key) when "cpu".
+    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
+    pub device: DeviceChoice,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +142,7 @@ impl Default for Params {
             blur: false,
             memory: MemoryParams::default(),
             knn_monitor: KnnMonitor::default(),
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -317,7 +323,11 @@ impl Trainer for Pretrainer {
 
 fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
     let p: Params = ctx.params()?;
-    let device = train::device()?;
+    let (choice, batch_size) = (p.device, p.batch_size);
+    crate::device::run_on(ctx, choice, batch_size, |device| run_on(ctx, p, device))
+}
+
+fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Result<StageOutput> {
     let ds = train::load_dataset(ctx, "data")?;
     let monitor = (!p.knn_monitor.is_off())
         .then(|| {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::train::{self, ClassifierTrainer};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
+use crate::device::DeviceChoice;
 use crate::model::{ModelCfg, Network};
 use crate::optim::{self, OptimizerKind, Scaling};
 
@@ -60,6 +61,10 @@ pub struct Params {
     pub weight_decay: f64,
     pub warmup_epochs: f64,
     pub nesterov: bool,
+    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
+    /// resolved params (and so from the cache key) when "cpu".
+    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
+    pub device: DeviceChoice,
 }
 
 impl Default for Params {
@@ -76,6 +81,7 @@ impl Default for Params {
             weight_decay: 5e-4,
             warmup_epochs: 0.0,
             nesterov: true,
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -109,7 +115,11 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
 
 fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
     let p: Params = ctx.params()?;
-    let device = train::device()?;
+    let (choice, batch_size) = (p.device, p.batch_size);
+    crate::device::run_on(ctx, choice, batch_size, |device| run_on(ctx, p, device))
+}
+
+fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Result<StageOutput> {
     let ds = train::load_dataset(ctx, "data")?;
     let labeled = Arc::new(train::load_labeled(ctx, "labels", ds.train.n)?);
     let net = Network::new_classifier(

@@ -1,4 +1,4 @@
-//! What the training kinds share besides the loop: device and seeds, loading their inputs, the
+//! What the training kinds share besides the loop: seeds, loading their inputs, the
 //! schedule, optimizer parameter selection, state naming, labeled batches, the classifier trainer
 //! (finetune, supervised) and parameter checks.
 
@@ -16,12 +16,6 @@ use crate::data::{derive_seed, Dataset, Images};
 use crate::loss::{accuracy, cross_entropy};
 use crate::model::{ModelCfg, Network};
 use crate::optim::{Optimizer, Param, Scaling};
-
-/// The device training runs on: the first CUDA GPU when built with `cuda` and one is present,
-/// else the CPU.
-pub fn device() -> anyhow::Result<Device> {
-    Ok(Device::cuda_if_available(0)?)
-}
 
 /// Per-purpose seeds derived from the node's seed, so that e.g. weight init and batch order are
 /// independent streams.
