@@ -187,6 +187,7 @@ fn rerun(store: &Store, plan: &Plan, name: &str, opts: &AuditOptions) -> Result<
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        explain_numerics(&rec);
         let Some(tol) = tolerance else {
             println!(
                 "FAIL  rerun {name}{on}: outputs differ: {}",
@@ -222,4 +223,115 @@ fn rerun(store: &Store, plan: &Plan, name: &str, opts: &AuditOptions) -> Result<
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// After a bit mismatch: what differs between the recorded run's numerics and this one's, and
+/// whether the numerics profile expected equal bits.
+fn explain_numerics(rec: &crate::store::Record) {
+    use semiflow_stages::numerics;
+    let now = numerics::current(crate::exec::thread_count());
+    let recorded = rec.provenance.numerics.as_ref();
+    match recorded {
+        Some(r) => {
+            let changes = numerics::describe_changes(r, &now);
+            println!(
+                "      recorded: {} v{} on {} [{}], {} threads",
+                r.profile,
+                r.version,
+                r.cpu,
+                r.isa.join(" "),
+                r.threads
+            );
+            println!(
+                "      now:      {} v{} on {} [{}], {} threads",
+                now.profile,
+                now.version,
+                now.cpu,
+                now.isa.join(" "),
+                now.threads
+            );
+            if changes.is_empty() {
+                println!("      (same CPU, ISA, threads and profile)");
+            }
+        }
+        None => println!(
+            "      recorded: no numerics facts (made by semiflow before they were recorded, threads {})",
+            rec.provenance.threads
+        ),
+    }
+    if rec.provenance.semiflow_version != env!("CARGO_PKG_VERSION")
+        || rec.provenance.candle_version != env!("SEMIFLOW_CANDLE_VERSION")
+    {
+        println!(
+            "      versions: semiflow {} / candle {} then, {} / {} now",
+            rec.provenance.semiflow_version,
+            rec.provenance.candle_version,
+            env!("CARGO_PKG_VERSION"),
+            env!("SEMIFLOW_CANDLE_VERSION")
+        );
+    }
+    let why = numerics::explain_difference(recorded, &now);
+    if why.is_empty() {
+        println!(
+            "      the numerics profile guarantees equal bits here: this difference is NOT expected \
+             (a nondeterministic stage, or a changed input); please report it"
+        );
+    } else {
+        for w in why {
+            println!("      expected to differ: {w}");
+        }
+        println!("      compare across profiles with --tolerance X (absolute, on the metrics)");
+    }
+}
+
+/// `audit --claims`: check the pipeline's claims now and compare with the verdicts in
+/// `report_dir/claims.json` (written by `semiflow report`). False if a claim that held there no
+/// longer holds.
+pub fn claims(store: &Store, plan: &Plan, report_dir: &std::path::Path) -> Result<bool> {
+    use crate::claims::{check, regressions, Check};
+    let path = report_dir.join("claims.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {}: write the report first (`semiflow report FILE --out {}`)",
+            path.display(),
+            report_dir.display()
+        )
+    })?;
+    let before: Vec<Check> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a claims file written by `semiflow report`",
+            path.display()
+        )
+    })?;
+    let now = check(&plan.claims, &crate::report::eval_rows(store, plan)?);
+    for c in &now {
+        let point = if c.point.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " at {}",
+                c.point
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        let diff = c.diff.map(|d| format!(" ({d:+.1} pt)")).unwrap_or_default();
+        println!("claim {}{point}: {}{diff}", c.claim, c.verdict);
+    }
+    let lost = regressions(&before, &now);
+    for (b, n) in &lost {
+        println!(
+            "FAIL  claim {} held in {} ({:+.1} pt) and now {}",
+            b.claim,
+            path.display(),
+            b.diff.unwrap_or(f64::NAN),
+            n.map_or("is not checked".to_string(), |n| format!(
+                "is {}",
+                n.verdict
+            ))
+        );
+    }
+    Ok(lost.is_empty())
 }

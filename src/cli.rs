@@ -118,6 +118,13 @@ pub enum Command {
         /// Accept a rerun whose metrics are within this absolute tolerance.
         #[arg(long, value_name = "X")]
         tolerance: Option<f64>,
+        /// Check the pipeline's claims against the verdicts in the report's claims.json: fail if
+        /// one that held no longer holds.
+        #[arg(long)]
+        claims: bool,
+        /// The report directory whose claims.json `--claims` compares with (default: <store>/report).
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
         /// Rerun on this device (`cpu`, `cuda`, `cuda:N`) instead of the recorded one; metrics are
         /// then compared within --tolerance (default 0.02).
         #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
@@ -143,6 +150,9 @@ pub enum Command {
         /// Output directory (default: <store>/report).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Print the claims' verdicts as JSON.
+        #[arg(long)]
+        json: bool,
         /// The overrides the pipeline ran with (selects the records to report).
         #[arg(long = "set", value_name = "NODE.KEY=VALUE")]
         set: Vec<String>,
@@ -333,6 +343,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             rerun_on,
             set,
             device,
+            claims,
+            report,
         } => {
             let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let opts = crate::audit::AuditOptions {
@@ -341,7 +353,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 tolerance,
                 rerun_on,
             };
-            let ok = crate::audit::audit(&store()?, &plan, &opts)?;
+            let store = store()?;
+            let mut ok = crate::audit::audit(&store, &plan, &opts)?;
+            if claims {
+                let dir = report.unwrap_or_else(|| store.root.join("report"));
+                ok &= crate::audit::claims(&store, &plan, &dir)?;
+            }
             println!("audit: {}", if ok { "pass" } else { "FAIL" });
             Ok(if ok { 0 } else { 1 })
         }
@@ -393,11 +410,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
             out,
             set,
             device,
+            json,
         } => {
             let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let store = store()?;
             let out = out.unwrap_or_else(|| store.root.join("report"));
-            for f in crate::report::report(&store, &plan, &out)? {
+            let written = crate::report::report(&store, &plan, &out)?;
+            if json {
+                let checks =
+                    crate::claims::check(&plan.claims, &crate::report::eval_rows(&store, &plan)?);
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+                return Ok(0);
+            }
+            for f in written {
                 println!("{}", out.join(f).display());
             }
             Ok(0)

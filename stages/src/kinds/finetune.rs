@@ -48,6 +48,7 @@ pub const SPEC: KindSpec = KindSpec {
         },
     ],
     trains: true,
+    numerics: true,
     resolve_params: resolve,
     run,
 };
