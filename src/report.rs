@@ -38,9 +38,12 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
         .collect();
     // One colour per method (node base name) across every chart of this report.
     let palette = crate::plots::colors(
-        rows.iter()
-            .map(|r| r.method.as_str())
-            .chain(latest.iter().map(|(i, _)| plan.nodes[*i].base.as_str())),
+        rows.iter().map(|r| r.method.as_str()).chain(
+            latest
+                .iter()
+                .filter(|(_, r)| !r.series.is_empty())
+                .map(|(i, _)| plan.nodes[*i].base.as_str()),
+        ),
     );
     let mut metric_cols: Vec<&String> = rows.iter().flat_map(|r| r.metrics.keys()).collect();
     metric_cols.sort();
