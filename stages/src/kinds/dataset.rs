@@ -17,6 +17,7 @@ pub const SPEC: KindSpec = KindSpec {
         "decode an image-folder tree, CIFAR binary batches or IDX files into a cached u8 array",
     refs: &[],
     trains: false,
+    numerics: false,
     resolve_params: resolve,
     run,
 };

@@ -72,6 +72,7 @@ pub const SPEC: KindSpec = KindSpec {
         },
     ],
     trains: true,
+    numerics: true,
     resolve_params: resolve,
     run,
 };

@@ -64,6 +64,7 @@ pub const SPEC: KindSpec = KindSpec {
         },
     ],
     trains: false,
+    numerics: true,
     resolve_params,
     run,
 };

@@ -47,6 +47,7 @@ pub const SPEC: KindSpec = KindSpec {
         },
     ],
     trains: true,
+    numerics: true,
     resolve_params: resolve,
     run,
 };

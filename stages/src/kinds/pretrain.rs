@@ -40,6 +40,7 @@ pub const SPEC: KindSpec = KindSpec {
         required: true,
     }],
     trains: true,
+    numerics: true,
     resolve_params: resolve,
     run,
 };

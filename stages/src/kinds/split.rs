@@ -32,6 +32,7 @@ pub const SPEC: KindSpec = KindSpec {
         required: true,
     }],
     trains: false,
+    numerics: false,
     resolve_params: resolve,
     run,
 };

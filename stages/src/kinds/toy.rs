@@ -56,6 +56,7 @@ pub fn with_test_kinds(base: &'static [KindSpec]) -> &'static [KindSpec] {
                 },
             ],
             trains: true,
+            numerics: false,
             resolve_params: resolve_typed::<TrainParams>,
             run: run_train,
         });
@@ -72,6 +73,7 @@ pub fn with_test_kinds(base: &'static [KindSpec]) -> &'static [KindSpec] {
                 required: true,
             }],
             trains: false,
+            numerics: false,
             resolve_params: resolve_typed::<EvalParams>,
             run: run_eval,
         });
@@ -86,6 +88,7 @@ fn copy_spec(k: &KindSpec) -> KindSpec {
         summary: k.summary,
         refs: k.refs,
         trains: k.trains,
+        numerics: k.numerics,
         resolve_params: k.resolve_params,
         run: k.run,
     }
