@@ -14,6 +14,7 @@ pub mod knn;
 pub mod loss;
 pub mod memory;
 pub mod model;
+pub mod numerics;
 pub mod optim;
 
 pub use api::{registry, KindSpec, Progress, RefSpec, RefTarget, RunCtx, StageOutput};
