@@ -151,6 +151,7 @@ const fn kind(
         summary: "test kind",
         refs,
         trains,
+        numerics: false,
         resolve_params,
         run: no_run,
     }
