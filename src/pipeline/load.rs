@@ -72,5 +72,6 @@ pub fn load_with(
         nodes,
         overrides: overrides.to_vec(),
         sweep: doc.sweep.into_iter().map(|v| (v.name, v.values)).collect(),
+        executor: doc.executor,
     })
 }

@@ -20,10 +20,12 @@ use super::subst::expand_env;
 use super::{params, KindLookup, DATASET_KIND};
 
 // `defaults` is consumed (merged into the nodes) before this module reads the document.
-const TOP_KEYS: &[&str] = &["pipeline", "datasets", "sweep", "defaults", "nodes"];
+const TOP_KEYS: &[&str] = &[
+    "pipeline", "datasets", "sweep", "defaults", "nodes", "executor",
+];
 const PIPELINE_KEYS: &[&str] = &["name", "seed", "description"];
 /// Node keys the engine consumes itself; they never reach a kind's `resolve_params`.
-pub const ENGINE_KEYS: &[&str] = &["kind", "seed", "checkpoint_every"];
+pub const ENGINE_KEYS: &[&str] = &["kind", "seed", "checkpoint_every", "resources"];
 
 pub struct Document<'k> {
     pub name: String,
@@ -31,6 +33,7 @@ pub struct Document<'k> {
     pub datasets: Vec<DatasetDecl>,
     pub sweep: Vec<SweepVar>,
     pub nodes: Vec<NodeDecl<'k>>,
+    pub executor: crate::plan::ExecutorSettings,
 }
 
 pub struct DatasetDecl {
@@ -76,6 +79,7 @@ pub struct NodeDecl<'k> {
     pub spec: &'k KindSpec,
     pub seed: Seed,
     pub checkpoint_every: usize,
+    pub resources: crate::plan::Resources,
     pub refs: Vec<RefUse>,
     /// Everything else: the kind's parameters, placeholders not yet substituted.
     pub params: Table,
@@ -142,12 +146,16 @@ pub fn read<'k>(root: &Table, cx: &Context<'_, 'k>, problems: &mut Problems) -> 
             Vec::new()
         }
     };
+    let executor = table_at(root, "executor", problems).map_or_else(Default::default, |(_, t)| {
+        super::resources::read_executor(t, problems)
+    });
     Document {
         name,
         seed,
         datasets,
         sweep,
         nodes,
+        executor,
     }
 }
 
