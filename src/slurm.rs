@@ -614,8 +614,7 @@ impl Slurm {
                 // still commit).
                 for job in std::mem::take(&mut self.jobs) {
                     let why = format!("state unknown for {:?} (squeue: {e:#})", since.elapsed());
-                    let r = self.finish(job, "UNKNOWN", &why);
-                    if let Some(r) = r {
+                    if let Some(r) = self.finish(job, "UNKNOWN", &why) {
                         self.done.push(r);
                     }
                 }
@@ -654,9 +653,8 @@ impl Slurm {
                 job.started = Some(Instant::now());
             }
             let why = format!("Slurm job {} ended {state}", job.job_id);
-            match self.finish(job, &state, &why) {
-                Some(r) => self.done.push(r),
-                None => {}
+            if let Some(r) = self.finish(job, &state, &why) {
+                self.done.push(r);
             }
         }
         // Resubmitted jobs were pushed by `finish`; keep them after the still-running ones.
@@ -702,7 +700,7 @@ impl Slurm {
         Some((
             job.i,
             Err(anyhow!(
-                "{why} without a result (Slurm state {state}, job {}, attempt {}); log: {}",
+                "Slurm job {} (attempt {}) ended without a result: Slurm state {state}; log: {}",
                 job.job_id,
                 job.attempt,
                 log.display()
