@@ -9,7 +9,8 @@
 //! - `job.json`: the journal ([`Journal`]): the job id, written durably right after `sbatch`
 //!   returned, so a coordinator killed with kill -9 and started again adopts the job instead of
 //!   submitting it twice;
-//! - `out/`: the stage's output dir; the worker ingests it into `objects/` itself;
+//! - `out-<job>/`: the stage's output dir (`Task::out_dir` names `out`; each job adds its id);
+//!   the worker ingests it into `objects/` itself;
 //! - `result.json`: the worker's result manifest ([`WorkerResult`]), fsynced, written last.
 //!
 //! Invariants:
@@ -200,10 +201,16 @@ pub fn worker(task_path: &Path) -> Result<()> {
         let result = (|| -> Result<()> {
             let blobs = Blobs::new(&task.store);
             let _ = std::fs::remove_file(&task.result);
-            if task.out_dir.exists() {
-                std::fs::remove_dir_all(&task.out_dir)?;
+            // One output dir per job: a job submitted twice (a coordinator killed between
+            // sbatch and its journal) must not mix its files with the other's.
+            let tag = job_id
+                .clone()
+                .unwrap_or_else(|| format!("pid{}", std::process::id()));
+            let out_dir = task.out_dir.with_file_name(format!("out-{tag}"));
+            if out_dir.exists() {
+                std::fs::remove_dir_all(&out_dir)?;
             }
-            std::fs::create_dir_all(&task.out_dir)?;
+            std::fs::create_dir_all(&out_dir)?;
             std::fs::create_dir_all(&task.resume_dir)?;
             let job_dir = task
                 .result
@@ -235,15 +242,16 @@ pub fn worker(task_path: &Path) -> Result<()> {
                 spec,
                 &node,
                 &input_dirs,
-                &task.out_dir,
+                &out_dir,
                 &task.resume_dir,
                 &progress,
             );
             progress.finish();
             let output = output?;
             let duration_s = clock.elapsed().as_secs_f64();
-            let (artifact, manifest) = blobs.ingest_dir(&task.out_dir)?;
+            let (artifact, manifest) = blobs.ingest_dir(&out_dir)?;
             let _ = std::fs::remove_dir_all(&in_dir);
+            let _ = std::fs::remove_dir_all(&out_dir);
             semiflow_stages::fault::point("worker-blobs-ingested");
             let threads = crate::exec::thread_count();
             let result = WorkerResult {
