@@ -6,6 +6,8 @@
 # The nodes are toy-train jobs of one epoch (no sleep): near no-ops, so the figures are the
 # executor's own cost: sbatch, Slurm starting the job, `semiflow exec` starting, ingesting and
 # writing its result, the coordinator's next squeue poll, checking the blobs and committing.
+# overhead = submit→commit minus the stage's own time; submit_to_exec = sbatch returned → the
+# job's `semiflow exec` started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100}
@@ -28,13 +30,21 @@ seed = "\${sweep.seed}"
 epochs = 1
 TOML
 export SEMIFLOW_TEST_KINDS=1 SEMIFLOW_SLURM_TIMINGS=1
-echo "== $n toy nodes through Slurm (poll interval ${poll}s, $(nproc) CPUs, one-node cluster)"
+cpus=$(nproc)
+slurm() { # STORE MAX_JOBS
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$bin" run "$dir/sweep.toml" --store "$dir/$1" --executor slurm --poll-interval "$poll" --max-jobs "$2" -q 2>&1 |
+        grep -E "slurm-timings|semiflow:"
+    t1=$(date +%s.%N)
+    echo "wall: $(echo "$t1 - $t0" | bc) s"
+}
+echo "== per-node overhead: $n toy nodes through Slurm, --max-jobs $cpus (a free CPU for every job: no queueing), poll ${poll}s"
+slurm slurm-a "$cpus"
+echo "== sweep wall time: the same $n nodes submitted at once (--max-jobs $n), poll ${poll}s"
+slurm slurm-b "$n"
+echo "== the same $n nodes with the local executor (-j $cpus)"
 t0=$(date +%s.%N)
-"$bin" run "$dir/sweep.toml" --store "$dir/slurm" --executor slurm --poll-interval "$poll" -q 2>&1 | grep -E "slurm-timings|semiflow:"
+"$bin" run "$dir/sweep.toml" --store "$dir/local" -j "$cpus" -q | tail -1
 t1=$(date +%s.%N)
-echo "slurm wall: $(echo "$t1 - $t0" | bc) s"
-echo "== the same $n nodes with the local executor (-j $(nproc))"
-t0=$(date +%s.%N)
-"$bin" run "$dir/sweep.toml" --store "$dir/local" -j "$(nproc)" -q | tail -1
-t1=$(date +%s.%N)
-echo "local wall: $(echo "$t1 - $t0" | bc) s"
+echo "wall: $(echo "$t1 - $t0" | bc) s"
