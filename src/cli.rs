@@ -303,8 +303,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             // instead of waiting for it.
             let store = match Store::open(&root, WaitPolicy::Fail) {
                 Ok(s) => s,
-                Err(e) if !crate::slurm::journals(&root).is_empty() => {
-                    println!("{e:#}; its Slurm jobs:");
+                Err(_) if !crate::slurm::journals(&root).is_empty() => {
+                    println!(
+                        "store {} is held by a running `semiflow run`; its Slurm jobs:",
+                        root.display()
+                    );
                     crate::slurm::print_journal(&root)?;
                     return Ok(0);
                 }

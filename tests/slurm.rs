@@ -529,6 +529,14 @@ sleep_ms = 1000
     wait_for("the job running", Duration::from_secs(60), || {
         squeue_state(&job) == "RUNNING"
     });
+    // While the coordinator holds the store, `status` lists its jobs and their Slurm states.
+    let st = env.run(&["status", f.to_str().unwrap()]).ok();
+    assert!(st.stdout.contains("its Slurm jobs:"), "{}", st.stdout);
+    let row = st.stdout.lines().find(|l| l.starts_with("long ")).unwrap();
+    assert!(
+        row.contains(&format!("job {job} ")) && row.contains("RUNNING"),
+        "{row}"
+    );
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-INT", &pid])
