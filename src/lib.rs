@@ -3,8 +3,10 @@
 pub mod graph;
 pub mod pipeline;
 pub mod plan;
+pub mod plots;
 
 pub mod audit;
+pub mod claims;
 pub mod cli;
 pub mod exec;
 pub mod explain;

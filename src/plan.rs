@@ -22,6 +22,8 @@ pub struct Plan {
     pub sweep: Vec<(String, Vec<serde_json::Value>)>,
     /// `[executor]`: where nodes run (command-line flags win over it).
     pub executor: ExecutorSettings,
+    /// `[claims.NAME]`, in declaration order (checked by `semiflow report` and `audit --claims`).
+    pub claims: Vec<Claim>,
 }
 
 /// `[executor]` of a pipeline file; every key optional.
@@ -57,6 +59,37 @@ pub struct Resources {
     /// Further `sbatch` arguments, verbatim (`["--qos=long"]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra: Vec<String>,
+}
+
+/// A stated comparison between two methods' metrics (see `pipeline/claims.rs`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Claim {
+    pub name: String,
+    /// Base node names whose evaluated models are compared.
+    pub better: String,
+    pub than: String,
+    /// `top1` or `top5`.
+    pub metric: String,
+    /// `test` or `val`.
+    pub split: String,
+    /// Sweep variable → the values to check at (empty: every point where both have results).
+    pub at: Vec<(String, Vec<serde_json::Value>)>,
+    /// Percentage points `better` must lead by.
+    pub margin: f64,
+    pub kind: ClaimKind,
+    pub description: String,
+    /// `[x, y]`: compare the gain `better − than` with the gain `x − y` instead of with zero
+    /// ("the bigger model gains more from pretraining").
+    pub gain_over: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// `better` leads by more than `margin`, beyond noise.
+    Better,
+    /// `better` is not behind `margin` beyond noise.
+    AtLeast,
 }
 
 /// One concrete node.

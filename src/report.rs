@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use plotters::prelude::*;
 
 use crate::plan::Plan;
 use crate::store::{Record, Store};
@@ -37,6 +36,12 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
         .iter()
         .flat_map(|(i, r)| method_rows(plan, *i, r))
         .collect();
+    // One colour per method (node base name) across every chart of this report.
+    let palette = crate::plots::colors(
+        rows.iter()
+            .map(|r| r.method.as_str())
+            .chain(latest.iter().map(|(i, _)| plan.nodes[*i].base.as_str())),
+    );
     let mut metric_cols: Vec<&String> = rows.iter().flat_map(|r| r.metrics.keys()).collect();
     metric_cols.sort();
     metric_cols.dedup();
@@ -88,17 +93,37 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
         md.push('\n');
     }
 
+    // The pipeline's claims, checked with their uncertainty.
+    if !plan.claims.is_empty() {
+        let checks = crate::claims::check(&plan.claims, &rows);
+        md.push_str("## Claims\n\n");
+        md.push_str(&format!(
+            "Each `[claims.*]` of the pipeline file at each point: difference in percentage points, ±2σ \
+             (binomial standard error on the scored images for one seed; standard error of the mean \
+             over seeds where swept), verdict: holds beyond 2σ, fails beyond 2σ, else within noise \
+             (`at_least`: holds at ≥ the margin). Checked again by `semiflow audit FILE --claims`.\n\n{}\n",
+            crate::claims::markdown(&checks)
+        ));
+        let file = "claims.json".to_string();
+        std::fs::write(
+            out.join(&file),
+            serde_json::to_string_pretty(&checks)? + "\n",
+        )?;
+        written.push(file);
+    }
+
     // Per-epoch curves: training loss of every training node, and the pretrain kNN monitor.
     let curves = [
-        ("loss", "Training loss", "training loss", "loss"),
+        ("loss", "Training loss", "training loss", "loss", false),
         (
             "knn_top1",
             "kNN accuracy of the encoder per epoch (pretrain `knn_monitor`)",
             "kNN top-1 per epoch",
             "kNN top-1",
+            true,
         ),
     ];
-    for (series, heading, title, y) in curves {
+    for (series, heading, title, y, percent) in curves {
         let mut section = String::new();
         for (i, r) in &latest {
             let Some(vals) = r.series.get(series).filter(|s| !s.is_empty()) else {
@@ -108,17 +133,27 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
             // sharing the same key (cifar10-seeds.toml's seed-0 nodes) was stored under its name.
             let name = &plan.nodes[*i].name;
             let file = format!("{}-{}.svg", sanitize(series), sanitize(name));
-            let pts: Vec<(f64, f64)> = vals
+            let points = vals
                 .iter()
                 .enumerate()
-                .map(|(e, v)| ((e + 1) as f64, *v))
+                .map(|(e, v)| crate::plots::Point {
+                    x: (e + 1) as f64,
+                    y: *v,
+                    err: None,
+                })
                 .collect();
-            plot(
+            let line = crate::plots::Series {
+                name: name.clone(),
+                color: palette[&plan.nodes[*i].base],
+                points,
+            };
+            crate::plots::line_chart(
                 &out.join(&file),
                 &format!("{name}: {title}"),
-                "epoch",
+                &crate::plots::XAxis::Epochs,
                 y,
-                &[(name.clone(), pts)],
+                percent,
+                &[line],
             )?;
             let _ = writeln!(section, "![{name}]({file})\n");
             written.push(file);
@@ -129,8 +164,10 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
         }
     }
 
-    // Accuracy vs label fraction, one line per method.
-    let mut methods: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    // Accuracy vs label fraction, one line per method: mean ± std where a cell holds several
+    // models (seeds), each model counted once.
+    let mut cells: BTreeMap<String, BTreeMap<String, BTreeMap<&str, f64>>> = BTreeMap::new();
+    let mut fractions: Vec<f64> = Vec::new();
     for row in rows.iter().filter(|r| r.split == "test") {
         let (Some(frac), Some(top1)) = (
             row.fraction.as_ref().and_then(|v| v.as_f64()),
@@ -138,25 +175,54 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
         ) else {
             continue;
         };
-        methods
+        fractions.push(frac);
+        cells
             .entry(row.method.clone())
             .or_default()
-            .push((frac, *top1));
+            .entry(format!("{frac}"))
+            .or_default()
+            .insert(row.model.as_str(), *top1);
     }
-    if !methods.is_empty() {
-        let series: Vec<(String, Vec<(f64, f64)>)> = methods
+    if !cells.is_empty() {
+        let swept: Vec<f64> = plan
+            .sweep
+            .iter()
+            .find(|(k, _)| k == "label_fraction")
+            .map(|(_, v)| v.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default();
+        fractions.extend(swept);
+        fractions.sort_by(f64::total_cmp);
+        fractions.dedup();
+        let series: Vec<crate::plots::Series> = cells
             .into_iter()
-            .map(|(m, mut pts)| {
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                (m, pts)
+            .map(|(method, by_frac)| {
+                let mut points: Vec<crate::plots::Point> = by_frac
+                    .into_iter()
+                    .map(|(frac, models)| {
+                        let vals: Vec<f64> = models.into_values().collect();
+                        let (mean, std) = mean_std(&vals);
+                        crate::plots::Point {
+                            x: frac.parse().unwrap_or(f64::NAN),
+                            y: mean,
+                            err: std,
+                        }
+                    })
+                    .collect();
+                points.sort_by(|a, b| a.x.total_cmp(&b.x));
+                crate::plots::Series {
+                    color: palette[&method],
+                    name: method,
+                    points,
+                }
             })
             .collect();
         let file = "top1-vs-label-fraction.svg".to_string();
-        plot(
+        crate::plots::line_chart(
             &out.join(&file),
-            "top-1 vs label fraction",
-            "label fraction",
-            "top-1",
+            "test top-1 vs labeled fraction (mean ± std over seeds where swept)",
+            &crate::plots::XAxis::Fractions(fractions),
+            "top-1 (test)",
+            true,
             &series,
         )?;
         let _ = writeln!(
@@ -171,21 +237,34 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     Ok(written)
 }
 
+/// Every evaluated model of the pipeline's current eval records (what claims are checked on).
+pub fn eval_rows(store: &Store, plan: &Plan) -> Result<Vec<MethodRow>> {
+    Ok(crate::explain::current_records(store, plan)?
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|r| (i, r)))
+        .filter(|(_, r)| r.kind == "eval" || r.kind.ends_with("-eval"))
+        .flat_map(|(i, r)| method_rows(plan, i, &r))
+        .collect())
+}
+
 /// One evaluated model inside an eval node's record.
-struct MethodRow {
+pub struct MethodRow {
     /// Base name of the evaluated node (`finetune`), i.e. the method.
-    method: String,
+    pub method: String,
     /// Full name of the evaluated node (`finetune[label_fraction=0.01]`).
-    model: String,
+    pub model: String,
     /// Sweep point of the evaluated node.
-    point: BTreeMap<String, serde_json::Value>,
+    pub point: BTreeMap<String, serde_json::Value>,
     /// Its metrics with the eval kind's `model<i>.` prefix removed.
-    metrics: BTreeMap<String, f64>,
+    pub metrics: BTreeMap<String, f64>,
     /// The label fraction it was trained with: its sweep point's, or that of the split its labels
     /// (or its teacher's labels) came from, so unswept 1%-only variants land in the 1% column.
-    fraction: Option<serde_json::Value>,
+    pub fraction: Option<serde_json::Value>,
     /// The eval's `split` parameter: "test" (the default), "val" or "train".
-    split: String,
+    pub split: String,
+    /// How many images the eval scored (its `details.n`), for binomial standard errors.
+    pub n: Option<f64>,
 }
 
 /// See [`MethodRow::fraction`].
@@ -205,7 +284,8 @@ fn label_fraction(plan: &Plan, idx: usize) -> Option<serde_json::Value> {
 
 /// Split an eval record's metrics by evaluated model. The eval kind prefixes metrics with
 /// `model<i>.` when it evaluates several models; with one model they are unprefixed.
-fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> {
+pub fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> {
+    let n = record.details.get("n").and_then(|v| v.as_f64());
     let split = record
         .params
         .get("split")
@@ -228,6 +308,7 @@ fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> 
             metrics: record.metrics.clone(),
             fraction: label_fraction(plan, eval_idx),
             split,
+            n,
         }];
     }
     models
@@ -252,6 +333,7 @@ fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> 
                 metrics,
                 fraction: label_fraction(plan, m),
                 split: split.clone(),
+                n,
             }
         })
         .collect()
@@ -356,59 +438,13 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// A line chart with markers, one series per entry.
-fn plot(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[(String, Vec<(f64, f64)>)],
-) -> Result<()> {
-    let all = series.iter().flat_map(|(_, p)| p.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in all {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
+/// Mean and, for two or more values, the sample standard deviation.
+pub fn mean_std(vals: &[f64]) -> (f64, Option<f64>) {
+    let n = vals.len() as f64;
+    let mean = vals.iter().sum::<f64>() / n;
+    if vals.len() < 2 {
+        return (mean, None);
     }
-    let pad = |a: f64, b: f64| {
-        if (b - a).abs() < 1e-12 {
-            (a - 0.5, b + 0.5)
-        } else {
-            (a - 0.05 * (b - a), b + 0.05 * (b - a))
-        }
-    };
-    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
-    let root = SVGBackend::new(path, (720, 432)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()?;
-        for (k, (name, pts)) in series.iter().enumerate() {
-            let color = Palette99::pick(k).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
+    let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, Some(var.sqrt()))
 }

@@ -359,3 +359,50 @@ fn crash_during_repair_and_a_lost_or_damaged_index() {
     // `show NODE` (the latest record per name) survived both rebuilds.
     assert_eq!(env.artifacts(), *reference());
 }
+
+/// Unmounts the small tmpfs when the test ends, however it ends.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_nothing_half_written_stays() {
+    let _ = reference();
+    let env = Env::new();
+    let mnt = env.store.parent().unwrap().join("small-disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1600k", "tmpfs"])
+        .arg(&mnt)
+        .output();
+    if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = "SKIPPED: cannot mount a 1.6 MB tmpfs here (needs root and mount rights)";
+        assert!(std::env::var_os("CI").is_none(), "{why}; CI must run it");
+        eprintln!("{why}");
+        return;
+    }
+    let _guard = Mount(mnt.clone());
+    let small = Env {
+        _dir: tempfile::tempdir().unwrap(),
+        store: mnt.join("store"),
+        file: env.file.clone(),
+    };
+    let out = small.output(&["run", &small.file], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.contains("failed"), "{stderr}");
+    small.assert_no_leftovers();
+    small.check_record_files();
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    small.recover_and_compare();
+}

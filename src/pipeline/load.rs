@@ -73,5 +73,6 @@ pub fn load_with(
         overrides: overrides.to_vec(),
         sweep: doc.sweep.into_iter().map(|v| (v.name, v.values)).collect(),
         executor: doc.executor,
+        claims: doc.claims,
     })
 }

@@ -39,6 +39,7 @@
 //! - `expand`: dependency order, sweep expansion, resolved parameters.
 //! - `error`: diagnostics (`file:line:col: key: message` + `help:`).
 
+mod claims;
 mod defaults;
 mod error;
 mod expand;

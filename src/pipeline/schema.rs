@@ -6,6 +6,7 @@
 //! [sweep]               # VAR = [values...]
 //! [defaults.KIND]       # merged into the nodes before this (see `defaults`)
 //! [nodes.NAME]          # kind, seed, checkpoint_every, the kind's references, the kind's params
+//! [claims.NAME]         # better, than, metric, split, at, margin, kind (see `claims`)
 //! ```
 
 use std::collections::BTreeSet;
@@ -21,7 +22,7 @@ use super::{params, KindLookup, DATASET_KIND};
 
 // `defaults` is consumed (merged into the nodes) before this module reads the document.
 const TOP_KEYS: &[&str] = &[
-    "pipeline", "datasets", "sweep", "defaults", "nodes", "executor",
+    "pipeline", "datasets", "sweep", "defaults", "nodes", "executor", "claims",
 ];
 const PIPELINE_KEYS: &[&str] = &["name", "seed", "description"];
 /// Node keys the engine consumes itself; they never reach a kind's `resolve_params`.
@@ -34,6 +35,7 @@ pub struct Document<'k> {
     pub sweep: Vec<SweepVar>,
     pub nodes: Vec<NodeDecl<'k>>,
     pub executor: crate::plan::ExecutorSettings,
+    pub claims: Vec<crate::plan::Claim>,
 }
 
 pub struct DatasetDecl {
@@ -149,6 +151,16 @@ pub fn read<'k>(root: &Table, cx: &Context<'_, 'k>, problems: &mut Problems) -> 
     let executor = table_at(root, "executor", problems).map_or_else(Default::default, |(_, t)| {
         super::resources::read_executor(t, problems)
     });
+    let claims = match table_at(root, "claims", problems) {
+        Some((_, t)) => {
+            let names: Vec<&str> = match root.get("nodes").and_then(|v| v.as_table()) {
+                Some(n) => n.keys().collect(),
+                None => Vec::new(),
+            };
+            super::claims::read_claims(t, &names, &sweep, problems)
+        }
+        None => Vec::new(),
+    };
     Document {
         name,
         seed,
@@ -156,6 +168,7 @@ pub fn read<'k>(root: &Table, cx: &Context<'_, 'k>, problems: &mut Problems) -> 
         sweep,
         nodes,
         executor,
+        claims,
     }
 }
 

@@ -151,7 +151,7 @@ const fn kind(
         summary: "test kind",
         refs,
         trains,
-        numerics: false,
+        numerics: trains,
         resolve_params,
         run: no_run,
     }

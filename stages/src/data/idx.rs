@@ -16,16 +16,24 @@ use super::{Dataset, Images};
 
 /// Reads the `<train>-…` and `<test>-…` image and label files under `root`.
 pub fn read(root: &Path, train: &str, test: &str) -> Result<Dataset> {
-    let train = read_part(root, train)?;
-    let test = read_part(root, test)?;
+    let (train, train_path) = read_part(root, train)?;
+    let (test, test_path) = read_part(root, test)?;
+    // Both files are named: either one may be the wrong one (found by fuzzing: only the root was).
     ensure!(
         (train.h, train.w) == (test.h, test.w),
-        "IDX train images in {} are {}×{} but test images are {}×{}",
-        root.display(),
+        "IDX train images {} are {}×{} but test images {} are {}×{}",
+        train_path.display(),
         train.h,
         train.w,
+        test_path.display(),
         test.h,
         test.w
+    );
+    // A dataset without train images is useless downstream; say so here, naming the file.
+    ensure!(
+        train.n > 0,
+        "{} holds no images (its header says 0)",
+        train_path.display()
     );
     let max_label = train
         .labels
@@ -41,7 +49,8 @@ pub fn read(root: &Path, train: &str, test: &str) -> Result<Dataset> {
     })
 }
 
-fn read_part(root: &Path, prefix: &str) -> Result<Images> {
+/// One split's images and labels, and the images file's path (for messages).
+fn read_part(root: &Path, prefix: &str) -> Result<(Images, PathBuf)> {
     let images_path = find(root, prefix, "images", 3)?;
     let labels_path = find(root, prefix, "labels", 1)?;
     let (dims, pixels) = read_idx(&images_path, 3)?;
@@ -54,14 +63,24 @@ fn read_part(root: &Path, prefix: &str) -> Result<Images> {
         labels_path.display(),
         ldims[0]
     );
-    Ok(Images {
+    // A header may say 0 rows or columns with no data (0 × anything = 0 bytes): images without
+    // pixels, which every later stage would trip over (found by fuzzing).
+    ensure!(
+        dims[1] > 0 && dims[2] > 0,
+        "{} holds images of {}×{} pixels: corrupt header",
+        images_path.display(),
+        dims[1],
+        dims[2]
+    );
+    let images = Images {
         n: dims[0],
         h: dims[1],
         w: dims[2],
         c: 1,
         pixels,
         labels: labels.into_iter().map(u32::from).collect(),
-    })
+    };
+    Ok((images, images_path))
 }
 
 /// The first existing spelling of `<prefix>-<what>-idx<d>-ubyte[.gz]` (MNIST mirrors also use
@@ -114,13 +133,16 @@ fn read_idx(path: &Path, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         .chunks_exact(4)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let expected: usize = dims.iter().product();
+    // Checked: a lying header's product can wrap (4 · 2³¹ · 2³¹ = 2⁶⁴ is 0 in u64) and then
+    // "match" an empty file, yielding images of 2³¹×2³¹ pixels without any data.
+    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     ensure!(
-        bytes.len() - header == expected,
-        "{} has {} data bytes but its header {:?} promises {expected}: truncated or corrupt",
+        expected == Some(bytes.len() - header),
+        "{} has {} data bytes but its header {:?} promises {}: truncated or corrupt",
         path.display(),
         bytes.len() - header,
-        dims
+        dims,
+        expected.map_or_else(|| "more than 2^64".to_string(), |e| e.to_string())
     );
     Ok((dims, bytes[header..].to_vec()))
 }

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use image::{ColorType, ImageReader};
+use image::{ColorType, ImageDecoder, ImageReader};
 use rayon::prelude::*;
 
 use super::{Dataset, Images};
@@ -160,9 +160,34 @@ struct Decoded {
     bytes: Vec<u8>,
 }
 
+/// The most bytes an image file of `file_len` bytes may decode to: 2048 times its size (no PNG
+/// can exceed deflate's ~1032:1, and a JPEG needs at least about a bit per 8×8 block), at least
+/// 1 MiB.
+fn max_decoded_bytes(file_len: u64) -> u64 {
+    file_len.saturating_mul(2048).max(1 << 20)
+}
+
 fn decode(path: &Path) -> Result<Decoded> {
     // The format is guessed from the content, so a PNG named .jpg still decodes.
-    let img = ImageReader::open(path)?.with_guessed_format()?.decode()?;
+    let reader = ImageReader::open(path)?.with_guessed_format()?;
+    // A header can promise any size: the image crate allows up to 512 MiB for it, and the JPEG
+    // decoder fills missing data in, so a 300-byte JPEG whose header says 16385×4096 decoded to
+    // 64 MiB (found by fuzzing). Check the header's promise against the file's size before
+    // anything is decoded, and bound the decoder's allocations the same way.
+    let file_len = fs::metadata(path)?.len();
+    let max = max_decoded_bytes(file_len);
+    let mut decoder = reader.into_decoder()?;
+    let (w, h) = decoder.dimensions();
+    let promised = decoder.total_bytes();
+    ensure!(
+        promised <= max,
+        "its header says {w}×{h} pixels ({promised} bytes decoded), more than a {file_len}-byte file \
+         can hold: corrupt header"
+    );
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max);
+    decoder.set_limits(limits)?;
+    let img = image::DynamicImage::from_decoder(decoder)?;
     let gray = matches!(
         img.color(),
         ColorType::L8 | ColorType::La8 | ColorType::L16 | ColorType::La16
