@@ -68,6 +68,7 @@ fn record(i: usize) -> Record {
             started: "2026-12-05T00:00:00Z".into(),
             duration_s: 1.5,
             numerics: None,
+            ..Provenance::default()
         },
     }
 }

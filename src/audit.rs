@@ -118,7 +118,7 @@ fn rerun(store: &Store, plan: &Plan, name: &str, opts: &AuditOptions) -> Result<
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
     let result = (|| {
-        let inputs = materialize_inputs(store, &rec.inputs, &scratch.join("in"))?;
+        let inputs = materialize_inputs(&store.blobs, &rec.inputs, &scratch.join("in"))?;
         let (out, resume) = (scratch.join("out"), scratch.join("resume"));
         std::fs::create_dir_all(&out)?;
         std::fs::create_dir_all(&resume)?;

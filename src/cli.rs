@@ -33,6 +33,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DagFormat {
     Text,
     Dot,
@@ -66,10 +72,33 @@ pub enum Command {
         /// Nodes to run at once.
         #[arg(long, short = 'j', default_value_t = 1)]
         jobs: usize,
-        /// Re-hash every cached blob before trusting it.
+        /// Re-hash every cached blob before trusting it (and, with Slurm, every blob a job wrote
+        /// before committing it).
         #[arg(long)]
         verify: bool,
+        /// Where nodes run: `local` (threads of this process) or `slurm` (one sbatch job per
+        /// node; the store and this binary must be on a shared filesystem). Default: the
+        /// pipeline's `[executor] kind`, else local.
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorKind>,
+        /// Slurm partition of every job (a node's `resources.partition` wins).
+        #[arg(long, value_name = "NAME")]
+        partition: Option<String>,
+        /// Slurm jobs queued or running at once (default 100).
+        #[arg(long, value_name = "N")]
+        max_jobs: Option<usize>,
+        /// Seconds between two squeue calls (default 3; raise it on busy shared clusters).
+        #[arg(long, value_name = "SECONDS")]
+        poll_interval: Option<f64>,
+        /// Resubmit a Slurm job that ended without a result up to N times (training nodes resume
+        /// from their last epoch checkpoint).
+        #[arg(long, value_name = "N")]
+        retries: Option<u32>,
     },
+    /// Run one node from a task file the coordinator wrote into the store (what a Slurm job
+    /// runs). Reads objects, writes objects, checkpoints and a result manifest; never opens the
+    /// index nor takes the store's lock.
+    Exec { task: PathBuf },
     /// Check a pipeline file without running anything.
     Validate {
         file: PathBuf,
@@ -255,8 +284,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             dry_run,
             jobs,
             verify,
+            executor,
+            partition,
+            max_jobs,
+            poll_interval,
+            retries,
         } => {
             let plan = frontend::load_on(&file, &set, device.as_deref())?;
+            let ex = &plan.executor;
+            let use_slurm = match executor {
+                Some(k) => k == ExecutorKind::Slurm,
+                None => ex.kind.as_deref() == Some("slurm"),
+            };
+            let slurm = use_slurm.then(|| {
+                let d = crate::slurm::SlurmOptions::default();
+                crate::slurm::SlurmOptions {
+                    partition: partition.or_else(|| ex.partition.clone()),
+                    max_jobs: max_jobs.or(ex.max_jobs).unwrap_or(d.max_jobs).max(1),
+                    poll_interval: poll_interval
+                        .or(ex.poll_interval)
+                        .filter(|s| *s > 0.0)
+                        .map_or(d.poll_interval, std::time::Duration::from_secs_f64),
+                    retries: retries.or(ex.retries).unwrap_or(0),
+                    state_timeout: d.state_timeout,
+                }
+            });
             let selection = frontend::select(&plan, &only, until.as_deref())?;
             for f in &force {
                 if !plan.nodes.iter().any(|n| n.name == *f || n.base == *f) {
@@ -274,6 +326,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 jobs,
                 force,
                 verify,
+                slurm,
             };
             let summary = crate::exec::run(Arc::new(store), Arc::new(plan), &selection, &opts)?;
             crate::exec::print_eval_table(&summary.records);
@@ -290,6 +343,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 1
             })
         }
+        Command::Exec { task } => Ok(match crate::slurm::worker(&task) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        }),
         Command::Validate { file, set, device } => {
             let plan = frontend::load_on(&file, &set, device.as_deref())?;
             for n in &plan.nodes {
@@ -306,7 +366,30 @@ fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let all: Vec<usize> = (0..plan.nodes.len()).collect();
-            let rows = crate::explain::status(&store()?, &plan, &all, &[])?;
+            let root = Store::locate(store_flag.as_deref());
+            // A Slurm coordinator holds the store for the whole run: show its journaled jobs
+            // instead of waiting for it.
+            let store = match Store::open(&root, WaitPolicy::Fail) {
+                Ok(s) => s,
+                Err(_) if !crate::slurm::journals(&root).is_empty() => {
+                    println!(
+                        "store {} is held by a running `semiflow run`; its Slurm jobs:",
+                        root.display()
+                    );
+                    crate::slurm::print_journal(&root)?;
+                    return Ok(0);
+                }
+                Err(e) if cli.no_wait => return Err(e),
+                Err(_) => store()?,
+            };
+            let mut rows = crate::explain::status(&store, &plan, &all, &[])?;
+            if !crate::slurm::journals(&root).is_empty() {
+                for r in &mut rows {
+                    if let Some((id, state)) = crate::slurm::job_state(&root, &r.key) {
+                        r.reasons.push(format!("Slurm job {id} {state}"));
+                    }
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -330,9 +413,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Log { target } => {
             let path = crate::show::log_path(&store()?, &target)?;
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            print!("{text}");
+            if path.exists() {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                print!("{text}");
+            }
+            // A Slurm job's own output (the worker's stderr, slurmstepd's messages).
+            for p in crate::show::slurm_logs(&path) {
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                println!("=== Slurm output {} ===", p.display());
+                print!("{text}");
+            }
             Ok(0)
         }
         Command::Audit {

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub force: Vec<String>,
     /// Re-hash every blob of a hit before trusting it.
     pub verify: bool,
+    /// Run nodes as Slurm jobs instead of threads of this process.
+    pub slurm: Option<crate::slurm::SlurmOptions>,
 }
 
 /// How a run ended.
@@ -140,17 +142,36 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<Summary> {
     let need = needed(plan.as_ref(), selection);
-    let swept = store.sweep_leftovers()?;
-    if swept > 0 {
-        tracing::info!("removed {swept} temp files left by an interrupted run");
+    // Jobs a killed coordinator submitted may still be writing temp files and checkpoints: no
+    // sweep until they are adopted and finished.
+    let journaled = crate::slurm::journals(&store.root).len();
+    if journaled == 0 {
+        let swept = store.sweep_leftovers()?;
+        if swept > 0 {
+            tracing::info!("removed {swept} temp files left by an interrupted run");
+        }
+    } else {
+        tracing::info!("{journaled} Slurm jobs journaled by an earlier run; adopting them as their nodes come up");
     }
+    let mut slurm = match &opts.slurm {
+        Some(o) => Some(crate::slurm::Slurm::new(
+            store.clone(),
+            plan.clone(),
+            o.clone(),
+            opts.verify,
+        )?),
+        None => None,
+    };
     let mut selected = vec![false; plan.nodes.len()];
     for &i in selection {
         selected[i] = true;
     }
     let mut states: Vec<State> = (0..plan.nodes.len()).map(|_| State::Waiting).collect();
     let (tx, rx) = mpsc::channel::<(usize, Result<Record>)>();
-    let jobs = opts.jobs.max(1);
+    let jobs = match &slurm {
+        Some(s) => s.max_jobs(),
+        None => opts.jobs.max(1),
+    };
     let mut running = 0usize;
     // Keys being built now. Two nodes can share a key (an unswept copy of a swept node, say):
     // the second waits for the first and then finds its record, instead of training twice.
@@ -181,6 +202,10 @@ pub fn run(
                     };
                     running += 1;
                     progressed = true;
+                    if let Some(slurm) = slurm.as_mut() {
+                        slurm.start(i, ready.key, ready.inputs, ready.forced);
+                        continue;
+                    }
                     let (store, plan, tx) = (store.clone(), plan.clone(), tx.clone());
                     std::thread::Builder::new()
                         .name(format!("node-{i}"))
@@ -209,43 +234,51 @@ pub fn run(
         if running == 0 {
             break;
         }
-        let (i, result) = rx.recv().expect("workers hold a sender until they send");
-        running -= 1;
-        building.retain(|_, j| *j != i);
-        if let Ok(record) = &result {
-            // Twins of this key, ready but held back: assess them again, now as cache hits.
-            for state in states.iter_mut() {
-                if matches!(state, State::Ready(r) if r.key.hex == record.key && !r.forced) {
-                    *state = State::Waiting;
+        let finished = match slurm.as_mut() {
+            Some(slurm) => slurm.wait()?,
+            None => vec![rx.recv().expect("workers hold a sender until they send")],
+        };
+        for (i, result) in finished {
+            running -= 1;
+            building.retain(|_, j| *j != i);
+            if let Ok(record) = &result {
+                // Twins of this key, ready but held back: assess them again, now as cache hits.
+                for state in states.iter_mut() {
+                    if matches!(state, State::Ready(r) if r.key.hex == record.key && !r.forced) {
+                        *state = State::Waiting;
+                    }
+                }
+            }
+            let node = &plan.nodes[i];
+            match result {
+                Ok(record) => {
+                    tracing::info!(
+                        "{}: built in {:.1}s ({})",
+                        node.name,
+                        record.provenance.duration_s,
+                        crate::key::short(&record.key)
+                    );
+                    states[i] = State::Done {
+                        record: Box::new(record),
+                        ran: true,
+                    };
+                }
+                Err(e) => {
+                    let log = store.last_attempt(&node.name)?.map(|k| store.log_path(&k));
+                    let log = log.map(|p| p.display().to_string()).unwrap_or_default();
+                    if e.downcast_ref::<Cancelled>().is_some() {
+                        summary.interrupted = true;
+                        tracing::error!("{}: interrupted; log: {log}", node.name);
+                    } else {
+                        tracing::error!("node {} failed: {e:#}\n  log: {log}", node.name);
+                    }
+                    states[i] = State::Failed;
                 }
             }
         }
-        let node = &plan.nodes[i];
-        match result {
-            Ok(record) => {
-                tracing::info!(
-                    "{}: built in {:.1}s ({})",
-                    node.name,
-                    record.provenance.duration_s,
-                    crate::key::short(&record.key)
-                );
-                states[i] = State::Done {
-                    record: Box::new(record),
-                    ran: true,
-                };
-            }
-            Err(e) => {
-                let log = store.last_attempt(&node.name)?.map(|k| store.log_path(&k));
-                let log = log.map(|p| p.display().to_string()).unwrap_or_default();
-                if e.downcast_ref::<Cancelled>().is_some() {
-                    summary.interrupted = true;
-                    tracing::error!("{}: interrupted; log: {log}", node.name);
-                } else {
-                    tracing::error!("node {} failed: {e:#}\n  log: {log}", node.name);
-                }
-                states[i] = State::Failed;
-            }
-        }
+    }
+    if let Some(slurm) = &slurm {
+        slurm.report_timings();
     }
     for &i in selection {
         match &states[i] {
@@ -379,7 +412,7 @@ fn input_refs(plan: &Plan, i: usize, states: &[State]) -> BTreeMap<String, Vec<I
 
 /// Lay the input artifacts out under `dir/<role>/<i>/`; returns role → dirs for `RunCtx::inputs`.
 pub fn materialize_inputs(
-    store: &Store,
+    blobs: &crate::store::Blobs,
     inputs: &BTreeMap<String, Vec<InputRef>>,
     dir: &Path,
 ) -> Result<BTreeMap<String, Vec<PathBuf>>> {
@@ -388,14 +421,14 @@ pub fn materialize_inputs(
         let mut dirs = Vec::new();
         for (j, r) in refs.iter().enumerate() {
             let dest = dir.join(role).join(j.to_string());
-            let manifest = store.blobs.read_manifest(&r.artifact).with_context(|| {
+            let manifest = blobs.read_manifest(&r.artifact).with_context(|| {
                 format!(
                     "input {role} from {} (artifact {})",
                     r.node,
                     crate::key::short(&r.artifact)
                 )
             })?;
-            store.blobs.materialize(&manifest, &dest)?;
+            blobs.materialize(&manifest, &dest)?;
             dirs.push(dest);
         }
         out.insert(role.clone(), dirs);
@@ -489,7 +522,7 @@ fn build_node(
                 std::fs::remove_dir_all(&resume_dir)?;
             }
             std::fs::create_dir_all(&resume_dir)?;
-            let input_dirs = materialize_inputs(store, &inputs, &scratch.join("in"))?;
+            let input_dirs = materialize_inputs(&store.blobs, &inputs, &scratch.join("in"))?;
             let out_dir = scratch.join("out");
             std::fs::create_dir_all(&out_dir)?;
             let started = SystemTime::now();
@@ -558,9 +591,7 @@ fn provenance(plan: &Plan, node: &PlanNode, started: SystemTime, duration_s: f64
         semiflow_version: env!("CARGO_PKG_VERSION").to_string(),
         git_commit: env!("SEMIFLOW_GIT_COMMIT").to_string(),
         candle_version: env!("SEMIFLOW_CANDLE_VERSION").to_string(),
-        host: hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "unknown".into()),
+        host: host_name(),
         threads: thread_count(),
         seed: node.seed,
         pipeline: plan.name.clone(),
@@ -568,7 +599,15 @@ fn provenance(plan: &Plan, node: &PlanNode, started: SystemTime, duration_s: f64
         started: crate::timefmt::rfc3339(started),
         duration_s,
         numerics: Some(semiflow_stages::numerics::current(thread_count())),
+        ..Provenance::default()
     }
+}
+
+/// This machine's host name (provenance).
+pub fn host_name() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Print the metrics of every eval node (kind `eval` or `*-eval`) as an aligned table.

@@ -2,7 +2,8 @@
 //!
 //! Invariant: a blob named by any record (its manifest or any of its files) is never removed, so
 //! every record stays a valid cache hit. Removed: unreferenced objects, everything under `tmp/`
-//! (the store lock guarantees no run is live), `quarantine/`, resume checkpoints of interrupted runs
+//! (the store lock guarantees no run is live), `quarantine/`, `jobs/` (Slurm task dirs; gc refuses
+//! to run while a job is journaled there), resume checkpoints of interrupted runs
 //! (so an interrupted node restarts from epoch 0 after gc), and logs of keys no record or latest
 //! attempt refers to.
 
@@ -21,6 +22,17 @@ pub struct GcReport {
 }
 
 pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
+    // Jobs a killed Slurm coordinator left running write objects and checkpoints that no record
+    // names yet.
+    let journaled = crate::slurm::journals(&store.root);
+    if !journaled.is_empty() {
+        anyhow::bail!(
+            "{} Slurm jobs are journaled in {} (a coordinator stopped while they ran): run the \
+             pipeline again to adopt them, or scancel them and remove that directory, before gc",
+            journaled.len(),
+            crate::slurm::jobs_dir(&store.root).display()
+        );
+    }
     let records = store.index.all_records()?;
     let mut live: BTreeSet<String> = BTreeSet::new();
     let mut live_keys: BTreeSet<String> = BTreeSet::new();
@@ -59,6 +71,7 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
         ("tmp", "temp"),
         ("quarantine", "quarantined blob"),
         ("resume", "checkpoint"),
+        ("jobs", "Slurm job dir"),
     ] {
         for e in read_dir(&store.root.join(sub))? {
             remove(&e, dir_size(&e), what)?;
@@ -66,10 +79,12 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
     }
     let attempted: BTreeSet<String> = store.index.attempt_keys()?.into_iter().collect();
     for e in read_dir(&store.root.join("logs"))? {
-        let key = e
-            .file_stem()
+        // `<key>.log` and Slurm's `<key>.slurm-<job>.out`.
+        let name = e
+            .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let key = name.split('.').next().unwrap_or_default().to_string();
         if !live_keys.contains(&key) && !attempted.contains(&key) {
             remove(&e, dir_size(&e), "log")?;
         }

@@ -16,5 +16,6 @@ pub mod logging;
 pub mod progress;
 pub mod report;
 pub mod show;
+pub mod slurm;
 pub mod store;
 pub mod timefmt;

@@ -20,8 +20,45 @@ pub struct Plan {
     pub overrides: Vec<String>,
     /// Sweep variables and their values, in declaration order, for reports.
     pub sweep: Vec<(String, Vec<serde_json::Value>)>,
+    /// `[executor]`: where nodes run (command-line flags win over it).
+    pub executor: ExecutorSettings,
     /// `[claims.NAME]`, in declaration order (checked by `semiflow report` and `audit --claims`).
     pub claims: Vec<Claim>,
+}
+
+/// `[executor]` of a pipeline file; every key optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecutorSettings {
+    /// `"local"` (default) or `"slurm"`.
+    pub kind: Option<String>,
+    /// Default Slurm partition of every job (a node's `resources.partition` wins).
+    pub partition: Option<String>,
+    /// Jobs queued or running at once (Slurm).
+    pub max_jobs: Option<usize>,
+    /// Seconds between two `squeue` polls (Slurm).
+    pub poll_interval: Option<f64>,
+    /// Resubmissions of a failed job (Slurm).
+    pub retries: Option<u32>,
+}
+
+/// What a node asks of a cluster (`resources = { ... }`): never part of the cache key.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Slurm's `--mem` syntax: `"4G"`, `"500M"`, or a number of megabytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// Slurm's `--time` syntax (`"90"` minutes, `"1:30:00"`, `"2-00:00:00"`) or `"30m"`, `"2h"`, `"1d"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Further `sbatch` arguments, verbatim (`["--qos=long"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<String>,
 }
 
 /// A stated comparison between two methods' metrics (see `pipeline/claims.rs`).
@@ -76,6 +113,8 @@ pub struct PlanNode {
     pub seed: u64,
     /// Epoch-checkpoint period for training kinds (not part of the cache key).
     pub checkpoint_every: usize,
+    /// Cluster resources of the node's job (not part of the cache key).
+    pub resources: Resources,
 }
 
 impl Plan {

@@ -87,6 +87,13 @@ pub fn print(rec: &Record) {
     if !p.overrides.is_empty() {
         println!("  overrides {}", p.overrides.join(" "));
     }
+    if let Some(ex) = &p.executor {
+        println!(
+            "  executor  {ex} (job {}, partition {})",
+            p.job_id.as_deref().unwrap_or("-"),
+            p.partition.as_deref().unwrap_or("-")
+        );
+    }
     println!("  started   {}", p.started);
     println!("  duration  {:.3}s", p.duration_s);
 }
@@ -120,7 +127,7 @@ pub fn log_path(store: &Store, target: &str) -> Result<std::path::PathBuf> {
         None => find(store, target)?.key,
     };
     let path = store.log_path(&key);
-    if !path.exists() {
+    if !path.exists() && slurm_logs(&path).is_empty() {
         bail!(
             "no log for {target} (key {}) in {}",
             short(&key),
@@ -128,4 +135,28 @@ pub fn log_path(store: &Store, target: &str) -> Result<std::path::PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The Slurm output files next to a node log (`<key>.slurm-<job>.out`), by job id.
+pub fn slurm_logs(node_log: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let (Some(dir), Some(stem)) = (node_log.parent(), node_log.file_stem()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.slurm-", stem.to_string_lossy());
+    let mut out: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name
+                .strip_prefix(&prefix)?
+                .strip_suffix(".out")?
+                .parse()
+                .ok()?;
+            Some((id, e.path()))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, p)| p).collect()
 }

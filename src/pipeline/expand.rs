@@ -133,6 +133,7 @@ pub fn expand(doc: &Document<'_>, problems: &mut Problems) -> Vec<PlanNode> {
                 dataset_root: None,
                 seed,
                 checkpoint_every: decl.checkpoint_every,
+                resources: decl.resources.clone(),
             });
         }
     }
@@ -222,6 +223,7 @@ fn dataset_nodes(doc: &Document<'_>, plan: &mut Vec<PlanNode>) -> Vec<Option<usi
             // from invalidating it.
             seed: 0,
             checkpoint_every: 0,
+            resources: Default::default(),
         });
     }
     ids

@@ -72,6 +72,7 @@ pub fn load_with(
         nodes,
         overrides: overrides.to_vec(),
         sweep: doc.sweep.into_iter().map(|v| (v.name, v.values)).collect(),
+        executor: doc.executor,
         claims: doc.claims,
     })
 }

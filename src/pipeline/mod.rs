@@ -19,7 +19,10 @@
 //! kind = "finetune"           # required: a stage kind
 //! from = "pretrain"           # references, as the kind's RefSpecs declare them
 //! labels = "split"
-//! seed = "${sweep.seed}"      # engine keys: seed, checkpoint_every (default 1; never hashed)
+//! seed = "${sweep.seed}"      # engine keys: seed, checkpoint_every (default 1), resources (never hashed)
+//! resources = { cpus = 2, mem = "4G", time = "1h" }   # Slurm executor only
+//!
+//! [executor]                  # optional: kind = "slurm", partition, max_jobs, poll_interval, retries
 //! head_layer = 1              # everything else: the kind's parameters
 //! ```
 //!
@@ -45,6 +48,7 @@ mod nodes;
 mod overrides;
 mod params;
 mod refs;
+mod resources;
 mod schema;
 mod spanned;
 mod subst;

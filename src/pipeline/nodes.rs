@@ -154,6 +154,11 @@ fn read_node<'k>(
         }
     };
 
+    let resources = match params.remove("resources") {
+        None => Default::default(),
+        Some((_, v)) => super::resources::read_resources(&v, &join(&path, "resources"), problems),
+    };
+
     let mut refs = Vec::new();
     for r in spec.refs {
         match params.remove(r.key) {
@@ -191,6 +196,7 @@ fn read_node<'k>(
         spec,
         seed,
         checkpoint_every,
+        resources,
         refs,
         params,
         vars,

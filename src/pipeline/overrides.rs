@@ -8,7 +8,9 @@
 use super::error::{suggest, Origin, Problem, Span};
 use super::spanned::{parse_value, Key, Kind, Table, Value};
 
-const ROOT_TABLES: &[&str] = &["pipeline", "datasets", "sweep", "defaults", "nodes"];
+const ROOT_TABLES: &[&str] = &[
+    "pipeline", "datasets", "sweep", "defaults", "nodes", "executor",
+];
 
 /// Apply every override in order (a later one wins). Stops at the first bad argument.
 pub fn apply(root: &mut Table, overrides: &[String]) -> Result<(), Problem> {
@@ -53,7 +55,8 @@ fn apply_one(root: &mut Table, arg: &str, origin: Origin) -> Result<(), Problem>
             },
         );
     }
-    let top_level_key = keys[0].name == "pipeline" || keys[0].name == "sweep";
+    let top_level_key =
+        keys[0].name == "pipeline" || keys[0].name == "sweep" || keys[0].name == "executor";
     if keys.len() < 2 || (keys.len() < 3 && !top_level_key) {
         return Err(Problem::at(
             &span(0..eq),

@@ -22,11 +22,11 @@ use super::{params, KindLookup, DATASET_KIND};
 
 // `defaults` is consumed (merged into the nodes) before this module reads the document.
 const TOP_KEYS: &[&str] = &[
-    "pipeline", "datasets", "sweep", "defaults", "nodes", "claims",
+    "pipeline", "datasets", "sweep", "defaults", "nodes", "executor", "claims",
 ];
 const PIPELINE_KEYS: &[&str] = &["name", "seed", "description"];
 /// Node keys the engine consumes itself; they never reach a kind's `resolve_params`.
-pub const ENGINE_KEYS: &[&str] = &["kind", "seed", "checkpoint_every"];
+pub const ENGINE_KEYS: &[&str] = &["kind", "seed", "checkpoint_every", "resources"];
 
 pub struct Document<'k> {
     pub name: String,
@@ -34,6 +34,7 @@ pub struct Document<'k> {
     pub datasets: Vec<DatasetDecl>,
     pub sweep: Vec<SweepVar>,
     pub nodes: Vec<NodeDecl<'k>>,
+    pub executor: crate::plan::ExecutorSettings,
     pub claims: Vec<crate::plan::Claim>,
 }
 
@@ -80,6 +81,7 @@ pub struct NodeDecl<'k> {
     pub spec: &'k KindSpec,
     pub seed: Seed,
     pub checkpoint_every: usize,
+    pub resources: crate::plan::Resources,
     pub refs: Vec<RefUse>,
     /// Everything else: the kind's parameters, placeholders not yet substituted.
     pub params: Table,
@@ -146,6 +148,9 @@ pub fn read<'k>(root: &Table, cx: &Context<'_, 'k>, problems: &mut Problems) -> 
             Vec::new()
         }
     };
+    let executor = table_at(root, "executor", problems).map_or_else(Default::default, |(_, t)| {
+        super::resources::read_executor(t, problems)
+    });
     let claims = match table_at(root, "claims", problems) {
         Some((_, t)) => {
             let names: Vec<&str> = match root.get("nodes").and_then(|v| v.as_table()) {
@@ -162,6 +167,7 @@ pub fn read<'k>(root: &Table, cx: &Context<'_, 'k>, problems: &mut Problems) -> 
         datasets,
         sweep,
         nodes,
+        executor,
         claims,
     }
 }

@@ -35,7 +35,7 @@ pub struct InputRef {
 }
 
 /// Where, when and with what a record was produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
     pub semiflow_version: String,
     pub git_commit: String,
@@ -51,6 +51,15 @@ pub struct Provenance {
     /// Numerics profile, CPU and ISA (absent in records made before they were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub numerics: Option<semiflow_stages::numerics::NumericsInfo>,
+    /// Where it ran: absent for the local executor (and in older records), `slurm` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+    /// The Slurm job that built it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The Slurm partition the job ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
 }
 
 /// What the index holds for one key.

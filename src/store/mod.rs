@@ -8,7 +8,10 @@
 //! - `index/`: the sled database ([`index`]), rebuilt from the files when it is missing
 //!   (automatically) or damaged (`semiflow repair`).
 //! - `resume/<key>/`: a running or interrupted node's epoch checkpoints; removed after its record commits.
-//! - `logs/<key>.log`: each node's log (appended across attempts).
+//! - `logs/<key>.log`: each node's log (appended across attempts); `logs/<key>.slurm-<job>.out`:
+//!   Slurm's output file of each job that built it (Slurm executor).
+//! - `jobs/<key>/`: a Slurm job's task file, journal (job id), output dir and result manifest
+//!   ([`crate::slurm`]); removed once its record commits.
 //! - `tmp/`: stage output dirs and input views of running nodes; anything here not owned by a live
 //!   run is garbage (gc removes it).
 //! - `quarantine/`: blobs that failed verification, moved aside so the next run rebuilds them.

@@ -296,6 +296,7 @@ mod tests {
                 started: started.into(),
                 duration_s: 1.0,
                 numerics: None,
+                ..Provenance::default()
             },
         }
     }

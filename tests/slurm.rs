@@ -1,0 +1,558 @@
+//! The Slurm executor against a real Slurm cluster (`scripts/slurm-up.sh` brings up a one-node
+//! cluster on localhost; .ci/run does it before the tests). Without a cluster these tests say why
+//! and skip, except under CI=true, where they fail.
+
+mod engine_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use engine_support::{finish, Env, Run, PIPELINE};
+
+/// Whether a Slurm cluster answers; otherwise print why and skip (fail under CI=true).
+fn slurm_ready() -> bool {
+    let why = match Command::new("sinfo").args(["-h", "-N", "-o", "%T"]).output() {
+        Err(e) => format!(
+            "`sinfo` cannot run ({e}): apt-get install slurmctld slurmd slurm-client munge, then scripts/slurm-up.sh"
+        ),
+        Ok(o) if !o.status.success() => format!(
+            "the Slurm cluster is down (sinfo: {}): run scripts/slurm-up.sh as root",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Ok(o) => {
+            let states = String::from_utf8_lossy(&o.stdout).to_string();
+            if states
+                .lines()
+                .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"))
+            {
+                return true;
+            }
+            format!("no Slurm node is up (sinfo says {states:?}): run scripts/slurm-up.sh")
+        }
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("Slurm tests cannot be skipped under CI=true: {why}");
+    }
+    eprintln!("SKIPPED (Slurm executor test): {why}");
+    false
+}
+
+const FAST: &[&str] = &["--executor", "slurm", "--poll-interval", "0.2"];
+
+fn slurm_run(env: &Env, file: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["run", file.to_str().unwrap()];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    env.run(&args)
+}
+
+/// Node → artifact hash of every record `show --json` finds for `nodes`.
+fn artifacts(env: &Env, nodes: &[&str]) -> BTreeMap<String, String> {
+    nodes
+        .iter()
+        .map(|n| {
+            let r = env.record(n);
+            (n.to_string(), r["artifact"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The journaled jobs of a store: (node, job id, attempt).
+fn journal(store: &Path) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(store.join("jobs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(b) = std::fs::read(e.path().join("job.json")) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                out.push((
+                    v["node"].as_str().unwrap().to_string(),
+                    v["job_id"].as_str().unwrap().to_string(),
+                    v["attempt"].as_u64().unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn squeue_state(job: &str) -> String {
+    let o = Command::new("squeue")
+        .args(["-h", "-t", "all", "-o", "%T", "-j", job])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn toy_pipeline_through_slurm_matches_local_and_caches() {
+    if !slurm_ready() {
+        return;
+    }
+    let nodes = ["pre", "ft", "other", "eval"];
+    let local = Env::new();
+    let f = local.write("p.toml", PIPELINE);
+    local.run(&["run", f.to_str().unwrap(), "-j", "2"]).ok();
+
+    let env = Env::new();
+    let f = env.write("p.toml", PIPELINE);
+    let r = slurm_run(&env, &f, &[]).ok();
+    assert_eq!(r.summary(), (4, 4, 0, 0), "{}", r.stderr);
+    assert_eq!(count(&r.stderr, "submitted Slurm job"), 4, "{}", r.stderr);
+    assert_eq!(artifacts(&env, &nodes), artifacts(&local, &nodes));
+
+    // Provenance names the executor, the job, the host and the partition.
+    let rec = env.record("eval");
+    let p = &rec["provenance"];
+    assert_eq!(p["executor"], "slurm", "{p}");
+    assert!(p["job_id"].as_str().unwrap().parse::<u64>().is_ok(), "{p}");
+    assert_eq!(p["partition"], "debug", "{p}");
+    assert!(!p["host"].as_str().unwrap().is_empty());
+    let shown = env.run(&["show", "eval"]).ok();
+    assert!(
+        shown.stdout.contains("executor  slurm (job "),
+        "{}",
+        shown.stdout
+    );
+    // `log` shows the job's node log and Slurm's own output file.
+    let log = env.run(&["log", "pre"]).ok();
+    assert!(log.stdout.contains("Slurm job"), "{}", log.stdout);
+    assert!(log.stdout.contains("=== Slurm output "), "{}", log.stdout);
+    // Nothing is left journaled; job dirs of committed nodes are gone.
+    assert!(journal(&env.store).is_empty());
+
+    // A second run submits nothing.
+    let again = slurm_run(&env, &f, &[]).ok();
+    assert_eq!(again.summary(), (4, 0, 4, 0));
+    assert_eq!(count(&again.stderr, "submitted Slurm job"), 0);
+}
+
+#[test]
+fn executor_table_and_resources_are_not_part_of_the_key() {
+    if !slurm_ready() {
+        return;
+    }
+    let text = format!(
+        "{PIPELINE}\n[executor]\nkind = \"slurm\"\npoll_interval = 0.2\nmax_jobs = 1\n\n[defaults.toy-train]\nresources = {{ cpus = 1, mem = \"100M\", time = \"5m\" }}\n"
+    );
+    let env = Env::new();
+    let f = env.write("p.toml", &text);
+    let r = env.run(&["run", f.to_str().unwrap()]).ok();
+    assert_eq!(r.summary(), (4, 4, 0, 0), "{}", r.stderr);
+    assert_eq!(count(&r.stderr, "submitted Slurm job"), 4, "{}", r.stderr);
+    // Other resources (and the local executor) find the same keys cached.
+    let r = env
+        .run(&[
+            "run",
+            f.to_str().unwrap(),
+            "--executor",
+            "local",
+            "--set",
+            "pre.resources={ cpus = 2, time = \"1h\" }",
+        ])
+        .ok();
+    assert_eq!(r.summary(), (4, 0, 4, 0), "{}", r.stderr);
+    // A bad resource is a pipeline error at its line.
+    let r = env.run(&[
+        "validate",
+        f.to_str().unwrap(),
+        "--set",
+        "pre.resources={ time = \"soon\" }",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("resources.time"), "{}", r.stderr);
+}
+
+#[test]
+fn real_kinds_through_slurm_give_the_local_hashes() {
+    if !slurm_ready() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny");
+    let text = format!(
+        r#"
+[pipeline]
+name = "slurm-real"
+seed = 0
+
+[datasets.cifar]
+format = "image-folder"
+root = "{root}"
+
+[nodes.split]
+kind = "split"
+data = "cifar"
+per_class = 3
+
+[nodes.pretrain]
+kind = "pretrain"
+data = "cifar"
+model = {{ depth = 10, width = 0.125 }}
+epochs = 1
+batch_size = 64
+knn_monitor = {{ queries = 50, bank = 200, k = 20 }}
+
+[nodes.finetune]
+kind = "finetune"
+from = "pretrain"
+labels = "split"
+data = "cifar"
+epochs = 1
+batch_size = 64
+
+[nodes.eval]
+kind = "eval"
+data = "cifar"
+models = ["finetune"]
+"#,
+        root = root.display()
+    );
+    let nodes = ["dataset.cifar", "split", "pretrain", "finetune", "eval"];
+    let local = Env::new();
+    let f = local.write("p.toml", &text);
+    local.run(&["run", f.to_str().unwrap()]).ok();
+    let env = Env::new();
+    let f = env.write("p.toml", &text);
+    let r = slurm_run(&env, &f, &[]).ok();
+    assert_eq!(r.summary(), (5, 5, 0, 0), "{}", r.stderr);
+    assert_eq!(count(&r.stderr, "submitted Slurm job"), 5, "{}", r.stderr);
+    assert_eq!(artifacts(&env, &nodes), artifacts(&local, &nodes));
+    assert_eq!(
+        env.record("eval")["metrics"],
+        local.record("eval")["metrics"]
+    );
+    let again = slurm_run(&env, &f, &[]).ok();
+    assert_eq!(again.summary(), (5, 0, 5, 0));
+    assert_eq!(count(&again.stderr, "submitted Slurm job"), 0);
+}
+
+#[test]
+fn failed_and_timed_out_jobs_are_reported_and_block_descendants() {
+    if !slurm_ready() {
+        return;
+    }
+    let text = r#"
+[pipeline]
+name = "faults"
+
+[nodes.bad]
+kind = "toy-train"
+epochs = 3
+fail_at_epoch = 1
+
+[nodes.bad_child]
+kind = "toy-train"
+from = "bad"
+
+[nodes.slow]
+kind = "toy-train"
+epochs = 2
+sleep_ms = 600000
+resources = { time = "1" }
+
+[nodes.slow_child]
+kind = "toy-train"
+from = "slow"
+
+[nodes.good]
+kind = "toy-train"
+epochs = 2
+"#;
+    let env = Env::new();
+    let f = env.write("p.toml", text);
+    let t = Instant::now();
+    let r = slurm_run(&env, &f, &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.summary(), (5, 1, 0, 2), "{}", r.stderr);
+    assert!(t.elapsed() < Duration::from_secs(240), "{:?}", t.elapsed());
+    let line = |node: &str| {
+        r.stderr
+            .lines()
+            .find(|l| l.contains(&format!("node {node} failed")))
+            .unwrap_or_else(|| panic!("no failure line for {node}:\n{}", r.stderr))
+            .to_string()
+    };
+    let bad = line("bad");
+    assert!(bad.contains("Slurm state FAILED"), "{bad}");
+    let slow = line("slow");
+    assert!(slow.contains("Slurm state TIMEOUT"), "{slow}");
+    for l in [&bad, &slow] {
+        assert!(l.contains("job "), "{l}");
+    }
+    // Each report names the job's log, which exists and tells why.
+    let log_of = |node: &str| -> PathBuf {
+        let at = r.stderr.find(&format!("node {node} failed")).unwrap();
+        let rest = &r.stderr[at..];
+        let p = rest
+            .split("log: ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        PathBuf::from(p)
+    };
+    let bad_log = std::fs::read_to_string(log_of("bad")).unwrap();
+    assert!(bad_log.contains("failing at epoch 1"), "{bad_log}");
+    let slow_log = std::fs::read_to_string(log_of("slow")).unwrap();
+    assert!(slow_log.contains("TIME LIMIT"), "{slow_log}");
+    assert!(r.stderr.contains("blocked: bad_child"), "{}", r.stderr);
+    assert!(r.stderr.contains("blocked: slow_child"), "{}", r.stderr);
+    assert_eq!(r.built(), vec!["good".to_string()]);
+    for n in ["bad", "slow", "bad_child"] {
+        assert_ne!(env.run(&["show", n]).code, 0, "{n} has a record");
+    }
+    assert!(journal(&env.store).is_empty());
+}
+
+#[test]
+fn scancel_mid_run_then_retry_resumes_bit_identical() {
+    if !slurm_ready() {
+        return;
+    }
+    let text = r#"
+[pipeline]
+name = "retry"
+
+[nodes.train]
+kind = "toy-train"
+epochs = 6
+sleep_ms = 1000
+"#;
+    let local = Env::new();
+    let f = local.write("p.toml", text);
+    local.run(&["run", f.to_str().unwrap()]).ok();
+
+    let env = Env::new();
+    let f = env.write("p.toml", text);
+    let mut args = vec!["run", f.to_str().unwrap(), "--retries", "1"];
+    args.extend_from_slice(FAST);
+    let child = env
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the job to have checkpointed at least two epochs, then cancel it.
+    let ckpt = || {
+        std::fs::read_dir(env.store.join("resume"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("toy.ckpt").exists())
+    };
+    wait_for("the first job", Duration::from_secs(60), || {
+        journal(&env.store).len() == 1
+    });
+    let (_, job, _) = journal(&env.store)[0].clone();
+    wait_for("an epoch checkpoint", Duration::from_secs(60), ckpt);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(Command::new("scancel")
+        .arg(&job)
+        .status()
+        .unwrap()
+        .success());
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.summary(), (1, 1, 0, 0));
+    assert!(
+        r.stderr
+            .contains(&format!("Slurm job {job} ended CANCELLED")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("resubmitting"), "{}", r.stderr);
+    assert!(r.stderr.contains("(attempt 2)"), "{}", r.stderr);
+    let log = env.run(&["log", "train"]).ok();
+    assert!(
+        log.stdout.contains("resuming from epoch checkpoint"),
+        "{}",
+        log.stdout
+    );
+    let rec = env.record("train");
+    assert_ne!(rec["provenance"]["job_id"].as_str().unwrap(), job);
+    assert_eq!(artifacts(&env, &["train"]), artifacts(&local, &["train"]));
+    assert_eq!(rec["metrics"], local.record("train")["metrics"]);
+}
+
+#[test]
+fn coordinator_killed_with_kill_9_adopts_its_jobs() {
+    if !slurm_ready() {
+        return;
+    }
+    let text = r#"
+[pipeline]
+name = "adopt"
+
+[nodes.a]
+kind = "toy-train"
+epochs = 3
+sleep_ms = 1000
+
+[nodes.b]
+kind = "toy-train"
+epochs = 3
+sleep_ms = 1000
+lr = 0.02
+
+[nodes.c]
+kind = "toy-train"
+epochs = 1
+from = "a"
+
+[nodes.eval]
+kind = "toy-eval"
+models = ["b", "c"]
+"#;
+    let local = Env::new();
+    let f = local.write("p.toml", text);
+    local.run(&["run", f.to_str().unwrap()]).ok();
+
+    let env = Env::new();
+    let f = env.write("p.toml", text);
+    let mut args = vec!["run", f.to_str().unwrap()];
+    args.extend_from_slice(FAST);
+    let mut child = env
+        .cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a and b submitted", Duration::from_secs(60), || {
+        journal(&env.store).len() == 2
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let jobs = journal(&env.store);
+    // Meanwhile `status` shows the journaled jobs with their Slurm states.
+    let st = env.run(&["status", f.to_str().unwrap(), "--json"]).ok();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&st.stdout).unwrap();
+    for (node, job, _) in &jobs {
+        let row = rows.iter().find(|r| r["node"] == node.as_str()).unwrap();
+        let reasons = row["reasons"].to_string();
+        assert!(
+            reasons.contains(&format!("Slurm job {job} ")),
+            "{}",
+            st.stdout
+        );
+    }
+    let r = slurm_run(&env, &f, &[]).ok();
+    assert_eq!(r.summary(), (4, 4, 0, 0), "{}", r.stderr);
+    for (node, job, _) in &jobs {
+        assert!(
+            r.stderr
+                .contains(&format!("{node}: adopting Slurm job {job} ")),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(env.record(node)["provenance"]["job_id"], job.as_str());
+    }
+    // Only c and eval were submitted by the second coordinator; every node ran exactly once.
+    assert_eq!(count(&r.stderr, "submitted Slurm job"), 2, "{}", r.stderr);
+    for n in ["a", "b", "c", "eval"] {
+        let log = env.run(&["log", n]).ok();
+        assert_eq!(count(&log.stdout, "=== node "), 1, "{n}:\n{}", log.stdout);
+    }
+    let all = ["a", "b", "c", "eval"];
+    assert_eq!(artifacts(&env, &all), artifacts(&local, &all));
+}
+
+#[test]
+fn worker_killed_before_its_manifest_commits_nothing() {
+    if !slurm_ready() {
+        return;
+    }
+    let env = Env::new();
+    let f = env.write("p.toml", PIPELINE);
+    // The worker aborts after its blobs are in objects/, before result.json.
+    let mut args = vec!["run", f.to_str().unwrap(), "--only", "other"];
+    args.extend_from_slice(FAST);
+    let r = env.run_with(&args, &[("SEMIFLOW_FAULT", "worker-blobs-ingested")]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("without a result"), "{}", r.stderr);
+    assert_ne!(env.run(&["show", "other"]).code, 0);
+    let r = slurm_run(&env, &f, &["--only", "other"]).ok();
+    assert_eq!(r.summary(), (1, 1, 0, 0));
+    let local = Env::new();
+    let lf = local.write("p.toml", PIPELINE);
+    local
+        .run(&["run", lf.to_str().unwrap(), "--only", "other"])
+        .ok();
+    assert_eq!(artifacts(&env, &["other"]), artifacts(&local, &["other"]));
+}
+
+#[test]
+fn ctrl_c_cancels_the_submitted_jobs() {
+    if !slurm_ready() {
+        return;
+    }
+    let text = r#"
+[pipeline]
+name = "interrupt"
+
+[nodes.long]
+kind = "toy-train"
+epochs = 100
+sleep_ms = 1000
+"#;
+    let env = Env::new();
+    let f = env.write("p.toml", text);
+    let mut args = vec!["run", f.to_str().unwrap()];
+    args.extend_from_slice(FAST);
+    let child = env
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the job", Duration::from_secs(60), || {
+        journal(&env.store).len() == 1
+    });
+    let (_, job, _) = journal(&env.store)[0].clone();
+    wait_for("the job running", Duration::from_secs(60), || {
+        squeue_state(&job) == "RUNNING"
+    });
+    // While the coordinator holds the store, `status` lists its jobs and their Slurm states.
+    let st = env.run(&["status", f.to_str().unwrap()]).ok();
+    assert!(st.stdout.contains("its Slurm jobs:"), "{}", st.stdout);
+    let row = st.stdout.lines().find(|l| l.starts_with("long ")).unwrap();
+    assert!(
+        row.contains(&format!("job {job} ")) && row.contains("RUNNING"),
+        "{row}"
+    );
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("cancelling Slurm jobs {job}")),
+        "{}",
+        r.stderr
+    );
+    wait_for("the job cancelled", Duration::from_secs(30), || {
+        let s = squeue_state(&job);
+        s == "CANCELLED" || s.is_empty()
+    });
+    assert!(journal(&env.store).is_empty());
+}
