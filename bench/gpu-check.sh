@@ -2,27 +2,39 @@
 # The GPU check, in one call on a lent GPU machine (no Rust toolchain, no network), from the
 # repository root of a checkout of the commit the bundle was built from:
 #
-#   bench/gpu-check.sh [BUNDLE]     # BUNDLE: what scripts/gpu-bundle.sh built (default target-cuda/gpu-bundle)
+#   bench/gpu-check.sh [BUNDLE]     # what scripts/gpu-bundle.sh built: the .tar.xz or the directory
+#                                   # (default target-cuda/gpu-bundle.tar.xz)
 #
 # Prints nvidia-smi; the CUDA-vs-CPU training-step test; the quickstart (pipelines/quickstart.toml,
 # data in data/cifar10-small) with every training and eval node on `cuda`, its wall time, per-node
 # times and metrics; the training-step bench on the GPU (small ResNet and ResNet-18, b64/b256);
 # and, where PyTorch with CUDA is importable, the same steps in PyTorch on the same card.
-# Results also go to $OUT (or /tmp/gpu-check): gpu-check.log, the quickstart report.
+# Results go to $OUT (the device tool's output folder, else /tmp/gpu-check): gpu-check.log,
+# records.jsonl (the quickstart's records), report/; the unpacked bundle and the store go to $WORK
+# (/tmp/gpu-check-work), not to $OUT.
 #
 # Needs an NVIDIA driver for CUDA 13 (>= 580) and cuBLAS/cuRAND 13 libraries: from a CUDA 13
 # toolkit (/usr/local/cuda*), or PyTorch's CUDA 13 wheels (site-packages/nvidia/cu13/lib,
 # nvidia/cublas/lib, nvidia/curand/lib), found here and put on LD_LIBRARY_PATH.
-# Time budget: about 5 minutes on an H100 (most of it the quickstart and the ResNet-18 bench).
+# Time limits: step test 90 s, quickstart 300 s, bench 120 s, PyTorch 90 s (under the 600 s of one
+# device command); the total on a GPU is not yet measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BUNDLE=${1:-target-cuda/gpu-bundle}
+BUNDLE=${1:-target-cuda/gpu-bundle.tar.xz}
 OUT=${OUT:-/tmp/gpu-check}
-mkdir -p "$OUT"
+WORK=${WORK:-/tmp/gpu-check-work}
+mkdir -p "$OUT" "$WORK"
 exec > >(tee "$OUT/gpu-check.log") 2>&1
 section() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 
 section "bundle"
+if [[ -f "$BUNDLE" ]]; then
+    rm -rf "$WORK/bundle" && mkdir -p "$WORK/bundle"
+    tar -C "$WORK/bundle" -xJf "$BUNDLE" 2>/dev/null ||
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE" "$WORK/bundle"
+    BUNDLE=$(ls -d "$WORK"/bundle/*/ | head -1)
+    BUNDLE=${BUNDLE%/}
+fi
 [[ -x "$BUNDLE/semiflow" ]] || { echo "no $BUNDLE/semiflow: build it with scripts/gpu-bundle.sh"; exit 1; }
 ls -la "$BUNDLE" "$BUNDLE/lib"
 echo "bundle built from $(cat "$BUNDLE/COMMIT" 2>/dev/null || echo '?'), checkout at $(git rev-parse HEAD 2>/dev/null || echo '?')"
@@ -54,15 +66,15 @@ ldconfig -p 2>/dev/null | grep -E "libcuda\.so|libcublas(Lt)?\.so\.13|libcurand\
 
 section "CUDA vs CPU training step (stages/tests/cuda_step.rs)"
 if [[ -x "$BUNDLE/cuda_step" ]]; then
-    timeout 300 "$BUNDLE/cuda_step" --test-threads 1 --nocapture
+    timeout 90 "$BUNDLE/cuda_step" --test-threads 1 --nocapture
     echo "cuda_step exit: $?"
 fi
 
 section "quickstart on cuda"
-STORE="$OUT/store"
+STORE="$WORK/store"
 rm -rf "$STORE"
 start=$(date +%s.%N)
-timeout 600 "$BUNDLE/semiflow" --store "$STORE" run pipelines/quickstart.toml --device cuda
+timeout 300 "$BUNDLE/semiflow" --store "$STORE" run pipelines/quickstart.toml --device cuda
 code=$?
 end=$(date +%s.%N)
 echo "quickstart exit $code, wall $(python3 -c "print(f'{$end - $start:.1f}')" 2>/dev/null || echo "$start -> $end") s"
@@ -89,13 +101,13 @@ PY
 
 section "training-step bench on the GPU (stages/benches/speed.rs)"
 SEMIFLOW_BENCH_DEVICE=cuda SEMIFLOW_BENCH=gemm,small,r18,pretrain SEMIFLOW_BENCH_BATCH=64,256 \
-    SEMIFLOW_BENCH_STEPS=${SEMIFLOW_BENCH_STEPS:-10} timeout 300 "$BUNDLE/speed" --bench
+    SEMIFLOW_BENCH_STEPS=${SEMIFLOW_BENCH_STEPS:-10} timeout 120 "$BUNDLE/speed" --bench
 echo "bench exit: $?"
 
 section "PyTorch on the same card (bench/torch_step.py)"
 if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     TORCH_DEVICE=cuda SEMIFLOW_BENCH=gemm,small,r18 SEMIFLOW_BENCH_BATCH=64,256 \
-        SEMIFLOW_BENCH_STEPS=${SEMIFLOW_BENCH_STEPS:-10} timeout 300 python3 bench/torch_step.py
+        SEMIFLOW_BENCH_STEPS=${SEMIFLOW_BENCH_STEPS:-10} timeout 90 python3 bench/torch_step.py
 else
     echo "SKIPPED: PyTorch with CUDA is not importable here"
 fi

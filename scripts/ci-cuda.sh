@@ -10,13 +10,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
 start=$SECONDS
+mkdir -p "$CARGO_TARGET_DIR"
 
-scripts/build-cuda.sh build --release --features cuda
+# One cargo call for the binary, the step test and the bench: a second call with other targets
+# would resolve features differently (the tests' dev-dependencies) and rebuild candle and its kernels.
+scripts/build-cuda.sh build --release --features cuda -p semiflow -p semiflow-stages \
+    --bin semiflow --test cuda_step --bench speed --message-format json-render-diagnostics >"$CARGO_TARGET_DIR/ci-cuda.json"
+step=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda_step" and m.get("executable"):
+        print(m["executable"])
+' "$CARGO_TARGET_DIR/ci-cuda.json")
 
 ROOT=$(scripts/cuda-root.sh 2>/dev/null | tail -1)
 # The binaries link libcudart.so.13 (from the wheel here; the toolkit's on a GPU machine).
 export LD_LIBRARY_PATH="$ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-scripts/build-cuda.sh test --release --features cuda -p semiflow-stages --test cuda_step -- --nocapture
+"$step" --nocapture
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

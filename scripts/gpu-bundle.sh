@@ -3,34 +3,34 @@
 # the stripped `semiflow` binary, the training-step bench and the CUDA-vs-CPU step test, all built
 # with `--features cuda` (scripts/build-cuda.sh), plus the libcudart.so.13 they link.
 #
-#   scripts/gpu-bundle.sh [DIR]      # default: target-cuda/gpu-bundle
+#   scripts/gpu-bundle.sh [DIR]      # default: target-cuda/gpu-bundle (and DIR.tar.xz, ~20 MB)
 #
-# Then on the GPU machine, in a checkout of the same commit: `bench/gpu-check.sh DIR`.
+# Then on the GPU machine, in a checkout of the same commit: `bench/gpu-check.sh DIR.tar.xz`
+# (or DIR).
 # cuBLAS and cuRAND are not bundled (libcublasLt alone is ~500 MB): they are opened at run time
 # from the machine's CUDA 13 toolkit or PyTorch's CUDA 13 wheels (gpu-check.sh looks for both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
 DIR=${1:-$CARGO_TARGET_DIR/gpu-bundle}
+mkdir -p "$CARGO_TARGET_DIR"
 
-# Each cargo call prints the executable it built; keep the path of the one asked for.
-exe() { # exe NAME CARGO-ARGS...
-    local name=$1
-    shift
-    scripts/build-cuda.sh "$@" --message-format json-render-diagnostics |
-        python3 -c '
+# One cargo call for all three (a second call with other targets would resolve features
+# differently and rebuild candle and its kernels); keep the executables it reports.
+scripts/build-cuda.sh build --release --features cuda -p semiflow -p semiflow-stages \
+    --bin semiflow --test cuda_step --bench speed --message-format json-render-diagnostics >"$CARGO_TARGET_DIR/gpu-bundle.json"
+exe() {
+    python3 -c '
 import json, sys
-name = sys.argv[1]
-for line in sys.stdin:
+for line in open(sys.argv[1]):
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[2] and m.get("executable"):
         print(m["executable"])
-' "$name" | tail -1
+' "$CARGO_TARGET_DIR/gpu-bundle.json" "$1" | tail -1
 }
-
-semiflow=$(exe semiflow build --release --features cuda --bin semiflow)
-speed=$(exe speed bench --no-run -p semiflow-stages --features cuda --bench speed)
-step=$(exe cuda_step test --release --no-run -p semiflow-stages --features cuda --test cuda_step)
+semiflow=$(exe semiflow)
+speed=$(exe speed)
+step=$(exe cuda_step)
 ROOT=$(scripts/cuda-root.sh | tail -1)
 
 rm -rf "$DIR"
@@ -45,4 +45,8 @@ cp -L "$ROOT/lib/libcudart.so.13" "$DIR/lib/"
 strip "$DIR/semiflow" "$DIR/speed" "$DIR/cuda_step"
 git rev-parse HEAD >"$DIR/COMMIT" 2>/dev/null || true
 du -sh "$DIR"/* >&2
-echo "$DIR"
+# The stripped binaries are ~160 MB (candle's PTX and kernels for every binary); xz packs them
+# into ~20 MB, under the 64 MiB a device run can carry.
+tar -C "$(dirname "$DIR")" -cJf "$DIR.tar.xz" "$(basename "$DIR")"
+du -sh "$DIR.tar.xz" >&2
+echo "$DIR.tar.xz"
