@@ -19,7 +19,15 @@ CONF=/etc/slurm/slurm.conf
 MARK="# written by semiflow scripts/slurm-up.sh"
 host=$(hostname -s)
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file names a live daemon: the process exists and is not a zombie (a daemon killed with
+# kill -9 whose parent has not reaped it still answers kill -0).
+alive() {
+    [ -f "$1" ] || return 1
+    local pid
+    pid=$(cat "$1")
+    kill -0 "$pid" 2>/dev/null || return 1
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
 
 # munge: the package created the key; the daemon runs as munge.
 install -d -o munge -g munge -m 0755 /run/munge
