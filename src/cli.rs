@@ -509,12 +509,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let out = out.unwrap_or_else(|| store.root.join("report"));
             let written = crate::report::report(&store, &plan, &out)?;
             if json {
-                let checks =
-                    crate::claims::check(&plan.claims, &crate::report::eval_rows(&store, &plan)?);
-                println!("{}", serde_json::to_string_pretty(&checks)?);
+                println!("{}", serde_json::to_string_pretty(&written.claims)?);
                 return Ok(0);
             }
-            for f in written {
+            for f in written.files {
                 println!("{}", out.join(f).display());
             }
             Ok(0)

@@ -99,9 +99,7 @@ pub fn node_key(
         inputs,
         dataset: fingerprint.as_deref(),
         seed: node.seed,
-        numerics: spec
-            .numerics
-            .then_some(semiflow_stages::numerics::NUMERICS_VERSION),
+        numerics: spec.numerics_version(),
     }))
 }
 

@@ -123,9 +123,7 @@ pub fn status(
                 inputs: &BTreeMap::new(),
                 dataset: None,
                 seed: node.seed,
-                numerics: spec
-                    .numerics
-                    .then_some(semiflow_stages::numerics::NUMERICS_VERSION),
+                numerics: spec.numerics_version(),
             });
             if let Some(prev) = &previous {
                 let old: Vec<(String, String)> = prev

@@ -15,27 +15,22 @@ use anyhow::{Context, Result};
 use crate::plan::Plan;
 use crate::store::{Record, Store};
 
-/// Write `report.md` and the SVGs into `out`; returns the files written.
-pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
+/// What `report` wrote, and the claims it checked.
+pub struct Written {
+    pub files: Vec<String>,
+    pub claims: Vec<crate::claims::Check>,
+}
+
+/// Write `report.md` and the SVGs into `out`.
+pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Written> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let latest: Vec<(usize, Record)> = crate::explain::current_records(store, plan)?
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.map(|r| (i, r)))
-        .collect();
+    let latest = current(store, plan)?;
     let mut written = Vec::new();
     let mut md = format!("# {}\n\n", plan.name);
 
     // Metrics: one row per (eval node, evaluated model), named by the model's node base name.
-    let evals: Vec<&(usize, Record)> = latest
-        .iter()
-        .filter(|(_, r)| r.kind == "eval" || r.kind.ends_with("-eval"))
-        .collect();
+    let rows = rows_of(plan, &latest);
     let point_cols: Vec<String> = plan.sweep.iter().map(|(k, _)| k.clone()).collect();
-    let rows: Vec<MethodRow> = evals
-        .iter()
-        .flat_map(|(i, r)| method_rows(plan, *i, r))
-        .collect();
     // One colour per method (node base name) across every chart of this report.
     let palette = crate::plots::colors(
         rows.iter().map(|r| r.method.as_str()).chain(
@@ -97,8 +92,8 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     }
 
     // The pipeline's claims, checked with their uncertainty.
-    if !plan.claims.is_empty() {
-        let checks = crate::claims::check(&plan.claims, &rows);
+    let checks = crate::claims::check(&plan.claims, &rows);
+    if !checks.is_empty() {
         md.push_str("## Claims\n\n");
         md.push_str(&format!(
             "Each `[claims.*]` of the pipeline file at each point: difference in percentage points, ±2σ \
@@ -237,18 +232,33 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Vec<String>> {
     md.push_str(&stage_times(plan, &latest));
     std::fs::write(out.join("report.md"), md)?;
     written.insert(0, "report.md".into());
-    Ok(written)
+    Ok(Written {
+        files: written,
+        claims: checks,
+    })
 }
 
 /// Every evaluated model of the pipeline's current eval records (what claims are checked on).
 pub fn eval_rows(store: &Store, plan: &Plan) -> Result<Vec<MethodRow>> {
+    Ok(rows_of(plan, &current(store, plan)?))
+}
+
+/// The records of the keys the pipeline file gives its nodes now, by plan index.
+fn current(store: &Store, plan: &Plan) -> Result<Vec<(usize, Record)>> {
     Ok(crate::explain::current_records(store, plan)?
         .into_iter()
         .enumerate()
         .filter_map(|(i, r)| r.map(|r| (i, r)))
-        .filter(|(_, r)| r.kind == "eval" || r.kind.ends_with("-eval"))
-        .flat_map(|(i, r)| method_rows(plan, i, &r))
         .collect())
+}
+
+/// The evaluated models of the eval records among `latest`.
+fn rows_of(plan: &Plan, latest: &[(usize, Record)]) -> Vec<MethodRow> {
+    latest
+        .iter()
+        .filter(|(_, r)| r.kind == "eval" || r.kind.ends_with("-eval"))
+        .flat_map(|(i, r)| method_rows(plan, *i, r))
+        .collect()
 }
 
 /// One evaluated model inside an eval node's record.
@@ -380,10 +390,8 @@ fn top1_pivot(plan: &Plan, rows: &[MethodRow], split: &str, title: &str) -> Opti
                 [] => "-".to_string(),
                 [one] => format!("{:.1}%", one * 100.0),
                 vs => {
-                    let n = vs.len() as f64;
-                    let mean = vs.iter().sum::<f64>() / n;
-                    let std =
-                        (vs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+                    let (mean, std) = mean_std(vs);
+                    let std = std.unwrap_or(0.0);
                     format!("{:.1} ± {:.1}% (n={})", mean * 100.0, std * 100.0, vs.len())
                 }
             };

@@ -137,6 +137,14 @@ pub struct KindSpec {
     pub run: fn(&RunCtx) -> anyhow::Result<StageOutput>,
 }
 
+impl KindSpec {
+    /// The shared numerics version for kinds whose outputs depend on floating-point arithmetic
+    /// (part of their cache key), `None` for the others.
+    pub fn numerics_version(&self) -> Option<u32> {
+        self.numerics.then_some(crate::numerics::NUMERICS_VERSION)
+    }
+}
+
 /// Deserialize `raw` into `P` (which should use `#[serde(deny_unknown_fields, default)]`), then
 /// serialize back: the canonical, defaults-filled form. Errors carry the dotted key path.
 pub fn resolve_typed<P: DeserializeOwned + Serialize>(

@@ -47,14 +47,15 @@ pub struct NumericsInfo {
     pub threads: usize,
 }
 
-/// The facts of this process.
+/// The facts of this process (CPU and ISA read once: every node's commit records them).
 pub fn current(threads: usize) -> NumericsInfo {
-    let isa = isa();
+    static CPU: std::sync::OnceLock<(String, Vec<String>)> = std::sync::OnceLock::new();
+    let (cpu, isa) = CPU.get_or_init(|| (cpu_model(), isa())).clone();
     let in_profile = isa.iter().any(|f| f == "avx2") && isa.iter().any(|f| f == "fma");
     NumericsInfo {
         profile: PROFILE.to_string(),
         version: NUMERICS_VERSION,
-        cpu: cpu_model(),
+        cpu,
         isa,
         in_profile,
         threads,
