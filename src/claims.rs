@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{Claim, ClaimKind};
-use crate::report::MethodRow;
+use crate::report::{MethodRow, LABEL_FRACTION};
 
 /// Standard errors on either side of a verdict's threshold.
 pub const Z: f64 = 2.0;
@@ -137,7 +137,7 @@ fn statement(c: &Claim) -> String {
 /// Whether `row` is at `point` (label fractions compare by the row's effective fraction).
 fn at_point(row: &MethodRow, point: &BTreeMap<String, serde_json::Value>) -> bool {
     point.iter().all(|(var, want)| {
-        let have = if var == "label_fraction" {
+        let have = if var == LABEL_FRACTION {
             row.fraction.as_ref()
         } else {
             row.point.get(var)
@@ -170,7 +170,7 @@ fn points(c: &Claim, rows: &[MethodRow]) -> Vec<BTreeMap<String, serde_json::Val
         }
         return fr
             .into_iter()
-            .map(|v| [("label_fraction".to_string(), v)].into_iter().collect())
+            .map(|v| [(LABEL_FRACTION.to_string(), v)].into_iter().collect())
             .collect();
     }
     let mut out = vec![BTreeMap::new()];
@@ -251,7 +251,7 @@ fn render_point(p: &BTreeMap<String, serde_json::Value>) -> String {
     }
     p.iter()
         .map(|(k, v)| match (k.as_str(), v.as_f64()) {
-            ("label_fraction", Some(f)) => format!("{}% labels", f * 100.0),
+            (LABEL_FRACTION, Some(f)) => format!("{}% labels", f * 100.0),
             _ => format!("{k}={v}"),
         })
         .collect::<Vec<_>>()

@@ -329,7 +329,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 slurm,
             };
             let summary = crate::exec::run(Arc::new(store), Arc::new(plan), &selection, &opts)?;
-            crate::exec::print_eval_table(&summary.records);
+            crate::report::print_eval_table(&summary.records);
             println!("{}", summary.line());
             if summary.interrupted {
                 eprintln!(

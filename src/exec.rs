@@ -103,17 +103,7 @@ pub fn node_key(
     }))
 }
 
-/// Every node the selection needs: the selection plus all ancestors, as a mask over `plan.nodes`.
-pub fn needed(plan: &Plan, selection: &[usize]) -> Vec<bool> {
-    let mut mask = vec![false; plan.nodes.len()];
-    let mut stack: Vec<usize> = selection.to_vec();
-    while let Some(i) = stack.pop() {
-        if !std::mem::replace(&mut mask[i], true) {
-            stack.extend(plan.nodes[i].inputs.values().flatten().copied());
-        }
-    }
-    mask
-}
+pub use crate::graph::needed;
 
 /// A node whose key is known and that must be built, waiting for a free job slot.
 struct Ready {
@@ -606,34 +596,4 @@ pub fn host_name() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Print the metrics of every eval node (kind `eval` or `*-eval`) as an aligned table.
-pub fn print_eval_table(records: &[Record]) {
-    let evals: Vec<&Record> = records
-        .iter()
-        .filter(|r| r.kind == "eval" || r.kind.ends_with("-eval"))
-        .collect();
-    if evals.is_empty() {
-        return;
-    }
-    let mut cols: Vec<&String> = evals.iter().flat_map(|r| r.metrics.keys()).collect();
-    cols.sort();
-    cols.dedup();
-    let w = evals.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
-    let mut header = format!("{:<w$}", "node");
-    for c in &cols {
-        header.push_str(&format!("  {c:>10}"));
-    }
-    println!("{header}");
-    for r in evals {
-        let mut line = format!("{:<w$}", r.node);
-        for c in &cols {
-            match r.metrics.get(*c) {
-                Some(v) => line.push_str(&format!("  {v:>10.4}")),
-                None => line.push_str(&format!("  {:>10}", "-")),
-            }
-        }
-        println!("{line}");
-    }
 }

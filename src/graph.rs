@@ -5,7 +5,10 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 
 use anyhow::{bail, Result};
-use petgraph::Graph;
+use petgraph::dot::{Config, Dot};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::{Dfs, Reversed};
+use petgraph::{Direction, Graph};
 
 use crate::plan::Plan;
 
@@ -24,80 +27,126 @@ pub fn build(plan: &Plan) -> Graph<usize, String> {
     g
 }
 
-/// A dependency order of `deps.len()` items where `deps[i]` lists what `i` needs first. Among
-/// ready items the smallest index goes first, so the order follows declaration order wherever
-/// the dependencies allow. On a cycle, returns one cycle `[a, b, ..., a]` where each item needs
-/// the next.
-pub fn topo_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
-    let n = deps.len();
-    let mut users = vec![Vec::new(); n];
-    let mut missing = vec![0usize; n];
+/// The "needs" graph of `deps.len()` items: an edge d → i for every item d that `deps[i]` lists
+/// (duplicates once).
+fn deps_graph(deps: &[Vec<usize>]) -> DiGraph<(), ()> {
+    let mut g = DiGraph::with_capacity(deps.len(), deps.len());
+    for _ in deps {
+        g.add_node(());
+    }
     for (i, ds) in deps.iter().enumerate() {
-        let unique: BTreeSet<usize> = ds.iter().copied().collect();
-        missing[i] = unique.len();
-        for d in unique {
-            users[d].push(i);
+        for d in ds.iter().copied().collect::<BTreeSet<usize>>() {
+            g.add_edge(NodeIndex::new(d), NodeIndex::new(i), ());
         }
     }
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        (0..n).filter(|&i| missing[i] == 0).map(Reverse).collect();
-    let mut order = Vec::with_capacity(n);
+    g
+}
+
+/// A dependency order of `deps.len()` items where `deps[i]` lists what `i` needs first. Among
+/// ready items the smallest index goes first, so the order follows declaration order wherever
+/// the dependencies allow (petgraph's own `toposort` gives a valid order, but not that one). On a
+/// cycle, returns one cycle `[a, b, ..., a]` where each item needs the next.
+pub fn topo_order(deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let g = deps_graph(deps);
+    if let Err(cycle) = petgraph::algo::toposort(&g, None) {
+        return Err(name_cycle(&g, cycle.node_id().index()));
+    }
+    let mut missing: Vec<usize> = g
+        .node_indices()
+        .map(|n| g.neighbors_directed(n, Direction::Incoming).count())
+        .collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..missing.len())
+        .filter(|&i| missing[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(missing.len());
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
-        for &u in &users[i] {
-            missing[u] -= 1;
-            if missing[u] == 0 {
-                ready.push(Reverse(u));
+        for u in g.neighbors_directed(NodeIndex::new(i), Direction::Outgoing) {
+            missing[u.index()] -= 1;
+            if missing[u.index()] == 0 {
+                ready.push(Reverse(u.index()));
             }
         }
     }
-    if order.len() == n {
-        return Ok(order);
-    }
-    // Every item left waits on another item left: walking "needs" edges must revisit one.
-    let left: Vec<bool> = missing.iter().map(|&m| m > 0).collect();
-    let mut path = vec![left.iter().position(|&l| l).expect("some item is left")];
+    Ok(order)
+}
+
+/// The cycle through `start`'s strongly connected component, read in "needs" order from its
+/// smallest item: `[a, b, ..., a]`, each needing the next (the smallest needed item at each step,
+/// so the cycle named is always the same).
+fn name_cycle(g: &DiGraph<(), ()>, start: usize) -> Vec<usize> {
+    let component: BTreeSet<usize> = petgraph::algo::tarjan_scc(g)
+        .into_iter()
+        .map(|c| c.into_iter().map(|n| n.index()).collect::<BTreeSet<_>>())
+        .find(|c| c.contains(&start))
+        .expect("every node is in a component");
+    let first = *component.first().expect("non-empty component");
+    let mut path = vec![first];
     loop {
-        let here = *path.last().expect("non-empty");
-        let next = *deps[here]
-            .iter()
-            .filter(|&&d| left[d])
+        let here = NodeIndex::new(*path.last().expect("non-empty"));
+        let next = g
+            .neighbors_directed(here, Direction::Incoming)
+            .map(|n| n.index())
+            .filter(|n| component.contains(n))
             .min()
-            .expect("a left item waits on a left item");
-        if let Some(start) = path.iter().position(|&p| p == next) {
-            let mut cycle = path.split_off(start);
+            .expect("a node of a cycle needs a node of its cycle");
+        if let Some(at) = path.iter().position(|&p| p == next) {
+            let mut cycle = path.split_off(at);
             cycle.push(next);
-            return Err(cycle);
+            return cycle;
         }
         path.push(next);
     }
 }
 
-/// Every node `idx` reads from, directly or not (excluding `idx`).
-pub fn ancestors(plan: &Plan, idx: usize) -> BTreeSet<usize> {
+/// The nodes reachable from `idx` along `dir` in the plan's graph, excluding `idx`.
+fn reachable(plan: &Plan, idx: usize, dir: Direction) -> BTreeSet<usize> {
+    let g = build(plan);
+    let start = NodeIndex::new(idx);
     let mut seen = BTreeSet::new();
-    let mut stack = vec![idx];
-    while let Some(i) = stack.pop() {
-        for &j in plan.nodes[i].inputs.values().flatten() {
-            if seen.insert(j) {
-                stack.push(j);
+    match dir {
+        Direction::Outgoing => {
+            let mut walk = Dfs::new(&g, start);
+            while let Some(n) = walk.next(&g) {
+                seen.insert(n.index());
+            }
+        }
+        Direction::Incoming => {
+            let rev = Reversed(&g);
+            let mut walk = Dfs::new(rev, start);
+            while let Some(n) = walk.next(rev) {
+                seen.insert(n.index());
             }
         }
     }
+    seen.remove(&idx);
     seen
+}
+
+/// Every node `idx` reads from, directly or not (excluding `idx`).
+pub fn ancestors(plan: &Plan, idx: usize) -> BTreeSet<usize> {
+    reachable(plan, idx, Direction::Incoming)
 }
 
 /// Every node that reads from `idx`, directly or not (excluding `idx`).
 pub fn descendants(plan: &Plan, idx: usize) -> BTreeSet<usize> {
-    // Plan nodes are in topological order: a single forward sweep suffices.
-    let mut reached = BTreeSet::from([idx]);
-    for (i, node) in plan.nodes.iter().enumerate().skip(idx + 1) {
-        if node.inputs.values().flatten().any(|j| reached.contains(j)) {
-            reached.insert(i);
+    reachable(plan, idx, Direction::Outgoing)
+}
+
+/// Every node the selection needs: the selection and all its ancestors, as a mask over
+/// `plan.nodes`.
+pub fn needed(plan: &Plan, selection: &[usize]) -> Vec<bool> {
+    let g = build(plan);
+    let rev = Reversed(&g);
+    let mut mask = vec![false; plan.nodes.len()];
+    for &i in selection {
+        let mut walk = Dfs::new(rev, NodeIndex::new(i));
+        while let Some(n) = walk.next(rev) {
+            mask[n.index()] = true;
         }
     }
-    reached.remove(&idx);
-    reached
+    mask
 }
 
 /// Indices of the nodes matching `name`: the exact node name, or a base name (all its sweep points).
@@ -213,39 +262,35 @@ fn render_text(plan: &Plan) -> String {
     out
 }
 
+/// Graphviz, written by `petgraph::dot` (node ids are plan indices) inside a named digraph.
 fn render_dot(plan: &Plan) -> String {
-    let q = |s: &str| {
-        let escaped = s
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        format!("\"{escaped}\"")
-    };
-    let mut out = format!(
-        "digraph {} {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
-        q(&plan.name)
-    );
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut g: Graph<String, String> = Graph::with_capacity(plan.nodes.len(), plan.nodes.len());
+    let ids: Vec<_> = plan
+        .nodes
+        .iter()
+        .map(|n| g.add_node(format!("{}\n({})", n.name, n.kind)))
+        .collect();
     for (i, node) in plan.nodes.iter().enumerate() {
-        let shape = if node.dataset_root.is_some() {
-            ", shape=cylinder"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            "  n{i} [label={}{shape}];",
-            q(&format!("{}\n({})", node.name, node.kind))
-        );
-    }
-    for (i, node) in plan.nodes.iter().enumerate() {
-        for (role, ids) in &node.inputs {
-            for j in ids {
-                let _ = writeln!(out, "  n{j} -> n{i} [label={}];", q(role));
+        for (role, inputs) in &node.inputs {
+            for &j in inputs {
+                g.add_edge(ids[j], ids[i], role.clone());
             }
         }
     }
-    out.push_str("}\n");
-    out
+    let node_attrs = |_: &Graph<String, String>, (n, _): (NodeIndex, &String)| {
+        if plan.nodes[n.index()].dataset_root.is_some() {
+            "shape=cylinder ".to_string()
+        } else {
+            String::new()
+        }
+    };
+    let edge_attrs = |_: &Graph<String, String>, _| String::new();
+    let body = Dot::with_attr_getters(&g, &[Config::GraphContentOnly], &edge_attrs, &node_attrs);
+    format!(
+        "digraph {} {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n{body}}}\n",
+        q(&plan.name)
+    )
 }
 
 fn render_mermaid(plan: &Plan) -> String {

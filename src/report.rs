@@ -12,6 +12,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use semiflow_stages::api::{EvalSpec, Role};
+
 use crate::plan::Plan;
 use crate::store::{Record, Store};
 
@@ -185,7 +187,7 @@ pub fn report(store: &Store, plan: &Plan, out: &Path) -> Result<Written> {
         let swept: Vec<f64> = plan
             .sweep
             .iter()
-            .find(|(k, _)| k == "label_fraction")
+            .find(|(k, _)| k == LABEL_FRACTION)
             .map(|(_, v)| v.iter().filter_map(|x| x.as_f64()).collect())
             .unwrap_or_default();
         fractions.extend(swept);
@@ -256,7 +258,7 @@ fn current(store: &Store, plan: &Plan) -> Result<Vec<(usize, Record)>> {
 fn rows_of(plan: &Plan, latest: &[(usize, Record)]) -> Vec<MethodRow> {
     latest
         .iter()
-        .filter(|(_, r)| r.kind == "eval" || r.kind.ends_with("-eval"))
+        .filter(|(_, r)| eval_spec(&r.kind).is_some())
         .flat_map(|(i, r)| method_rows(plan, *i, r))
         .collect()
 }
@@ -280,38 +282,48 @@ pub struct MethodRow {
     pub n: Option<f64>,
 }
 
+/// The sweep variable the report puts on its x-axis and claims' `at` tables name.
+pub const LABEL_FRACTION: &str = "label_fraction";
+
+/// The eval conventions of kind `kind`, if it evaluates models.
+pub fn eval_spec(kind: &str) -> Option<&'static EvalSpec> {
+    semiflow_stages::api::kind(kind).and_then(|k| k.eval())
+}
+
 /// See [`MethodRow::fraction`].
 fn label_fraction(plan: &Plan, idx: usize) -> Option<serde_json::Value> {
     let node = &plan.nodes[idx];
-    if let Some(v) = node.point.get("label_fraction") {
+    if let Some(v) = node.point.get(LABEL_FRACTION) {
         return Some(v.clone());
     }
-    if node.kind == "split" {
-        return node.params.get("fraction").cloned();
+    match semiflow_stages::api::kind(&node.kind).map(|k| k.role) {
+        Some(Role::Split { fraction }) => node.params.get(fraction).cloned(),
+        Some(Role::Train { labels_from }) => labels_from
+            .iter()
+            .filter_map(|role| node.inputs.get(*role).and_then(|v| v.first()))
+            .find_map(|&j| label_fraction(plan, j)),
+        _ => None,
     }
-    ["labels", "teacher"]
-        .iter()
-        .filter_map(|role| node.inputs.get(*role).and_then(|v| v.first()))
-        .find_map(|&j| label_fraction(plan, j))
 }
 
-/// Split an eval record's metrics by evaluated model. The eval kind prefixes metrics with
-/// `model<i>.` when it evaluates several models; with one model they are unprefixed.
+/// Split an eval record's metrics by evaluated model, as its kind's [`EvalSpec`] says.
 pub fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodRow> {
+    let Some(spec) = eval_spec(&record.kind) else {
+        return Vec::new();
+    };
     let n = record.details.get("n").and_then(|v| v.as_f64());
     let split = record
         .params
-        .get("split")
+        .get(spec.split_param)
         .and_then(|v| v.as_str())
-        .unwrap_or("test")
+        .unwrap_or(spec.default_split)
         .to_string();
     let models: &[usize] = plan.nodes[eval_idx]
         .inputs
-        .get("models")
+        .get(spec.models)
         .map(|v| v.as_slice())
         .unwrap_or(&[]);
-    let per_model = models.len() > 1 && record.metrics.keys().any(|k| k.starts_with("model0."));
-    if models.len() > 1 && !per_model || models.is_empty() {
+    let Some(per_model) = (spec.per_model)(&record.metrics, models.len()) else {
         // Metrics about the eval node as a whole (not split by model).
         let node = &plan.nodes[eval_idx];
         return vec![MethodRow {
@@ -323,21 +335,11 @@ pub fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodR
             split,
             n,
         }];
-    }
+    };
     models
         .iter()
-        .enumerate()
-        .map(|(i, &m)| {
-            let prefix = format!("model{i}.");
-            let metrics = if models.len() == 1 {
-                record.metrics.clone()
-            } else {
-                record
-                    .metrics
-                    .iter()
-                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), *v)))
-                    .collect()
-            };
+        .zip(per_model)
+        .map(|(&m, metrics)| {
             let node = &plan.nodes[m];
             MethodRow {
                 method: node.base.clone(),
@@ -355,7 +357,7 @@ pub fn method_rows(plan: &Plan, eval_idx: usize, record: &Record) -> Vec<MethodR
 /// The headline table: top-1 per method (rows) and label fraction (columns), when the pipeline
 /// sweeps `label_fraction`. Several values in one cell (e.g. seeds) show as mean ± std.
 fn top1_pivot(plan: &Plan, rows: &[MethodRow], split: &str, title: &str) -> Option<String> {
-    let (_, fractions) = plan.sweep.iter().find(|(k, _)| k == "label_fraction")?;
+    let (_, fractions) = plan.sweep.iter().find(|(k, _)| k == LABEL_FRACTION)?;
     // method → fraction → model node → top-1: a model that several eval nodes score (an unswept
     // model inside a swept eval) counts once; distinct models in a cell (seeds) give mean ± std.
     let mut cells: BTreeMap<&str, BTreeMap<String, BTreeMap<&str, f64>>> = BTreeMap::new();
@@ -458,4 +460,34 @@ pub fn mean_std(vals: &[f64]) -> (f64, Option<f64>) {
     }
     let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
     (mean, Some(var.sqrt()))
+}
+
+/// Print the metrics of every node of an evaluating kind as an aligned table (after a run).
+pub fn print_eval_table(records: &[Record]) {
+    let evals: Vec<&Record> = records
+        .iter()
+        .filter(|r| eval_spec(&r.kind).is_some())
+        .collect();
+    if evals.is_empty() {
+        return;
+    }
+    let mut cols: Vec<&String> = evals.iter().flat_map(|r| r.metrics.keys()).collect();
+    cols.sort();
+    cols.dedup();
+    let w = evals.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
+    let mut header = format!("{:<w$}", "node");
+    for c in &cols {
+        header.push_str(&format!("  {c:>10}"));
+    }
+    println!("{header}");
+    for r in evals {
+        let mut line = format!("{:<w$}", r.node);
+        for c in &cols {
+            match r.metrics.get(*c) {
+                Some(v) => line.push_str(&format!("  {v:>10.4}")),
+                None => line.push_str(&format!("  {:>10}", "-")),
+            }
+        }
+        println!("{line}");
+    }
 }

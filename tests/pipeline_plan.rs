@@ -318,10 +318,10 @@ fn renders_text_dot_and_mermaid() {
     let dot = graph::render(&plan, Format::Dot);
     assert!(dot.starts_with("digraph \"cifar10-simclrv2\" {\n"), "{dot}");
     assert!(
-        dot.contains("  n0 [label=\"dataset.cifar10\\n(dataset)\", shape=cylinder];\n"),
+        dot.contains("    0 [ label = \"dataset.cifar10\\l(dataset)\" shape=cylinder ]\n"),
         "{dot}"
     );
-    assert!(dot.contains("  n1 -> n4 [label=\"from\"];\n"), "{dot}");
+    assert!(dot.contains("    1 -> 4 [ label = \"from\" ]\n"), "{dot}");
     assert!(dot.trim_end().ends_with('}'));
 
     let mermaid = graph::render(&plan, Format::Mermaid);

@@ -6,7 +6,8 @@
 //! - `run` writes its outputs only under `out_dir`, checkpoints only under `resume_dir`, and is a pure
 //!   function of (resolved params, input artifact contents, dataset contents, seed): the same inputs
 //!   give bit-identical output files, whatever the thread count and whether it resumed.
-//! - `version` is bumped whenever a code change can change a kind's outputs.
+//! - `version` is bumped whenever a change to a kind's own code can change its outputs, and
+//!   `numerics::NUMERICS_VERSION` whenever shared arithmetic does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -122,13 +123,16 @@ pub struct StageOutput {
 /// A stage kind as the engine sees it.
 pub struct KindSpec {
     pub name: &'static str,
-    /// Implementation version: bump when a code change can change outputs.
+    /// Version of the kind's own logic: bump when a change to this kind (its data flow, its loss,
+    /// its outputs' format) can change its outputs. A change to shared arithmetic (kernels, the
+    /// network's layers, the optimizers) bumps [`crate::numerics::NUMERICS_VERSION`] instead, which
+    /// is in the key of every kind with `numerics` set: one edit, however many kinds it touches.
     pub version: u32,
     /// One line for `semiflow kinds` and error messages.
     pub summary: &'static str,
     pub refs: &'static [RefSpec],
-    /// Whether it trains (has epochs, checkpoints, a loss curve).
-    pub trains: bool,
+    /// What the kind is for: all the engine and the report know of its conventions.
+    pub role: Role,
     /// Whether its outputs depend on floating-point arithmetic (network forward/backward passes):
     /// then `numerics::NUMERICS_VERSION` is part of its cache key.
     pub numerics: bool,
@@ -137,7 +141,47 @@ pub struct KindSpec {
     pub run: fn(&RunCtx) -> anyhow::Result<StageOutput>,
 }
 
+/// A kind's place in a pipeline, as the engine and the report see it. The engine reads stage
+/// conventions (which parameter is a label fraction, which node scores which models) only here, so
+/// a new kind of each role works in reports and claims without engine edits.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// Decodes a dataset.
+    Data,
+    /// Draws a labeled subset of a dataset; `fraction` names the parameter holding the labeled
+    /// fraction (the report's x-axis).
+    Split { fraction: &'static str },
+    /// Trains a model. Its label fraction is that of the first of the `labels_from` references
+    /// that has one (its labeled split, or the teacher it learned from).
+    Train {
+        labels_from: &'static [&'static str],
+    },
+    /// Scores models: see [`EvalSpec`].
+    Eval(EvalSpec),
+}
+
+/// How an evaluating kind's records read as per-model results.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSpec {
+    /// The reference key listing the scored models, in order.
+    pub models: &'static str,
+    /// The parameter naming the scored split ("test", "val", ...), and its default.
+    pub split_param: &'static str,
+    pub default_split: &'static str,
+    /// The metrics of each scored model (in `models` order) from the record's metrics, given the
+    /// number of models; `None` when the metrics are about the node as a whole.
+    pub per_model: fn(&BTreeMap<String, f64>, usize) -> Option<Vec<BTreeMap<String, f64>>>,
+}
+
 impl KindSpec {
+    /// The eval conventions of an evaluating kind.
+    pub fn eval(&self) -> Option<&EvalSpec> {
+        match &self.role {
+            Role::Eval(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// The shared numerics version for kinds whose outputs depend on floating-point arithmetic
     /// (part of their cache key), `None` for the others.
     pub fn numerics_version(&self) -> Option<u32> {
@@ -163,11 +207,12 @@ pub fn resolve_typed<P: DeserializeOwned + Serialize>(
     })
 }
 
-/// Every stage kind, in a stable order.
+/// Every stage kind, in a stable order (with the test kinds after them in builds with the
+/// `test-kinds` feature, which only the engine's own tests enable).
 pub fn registry() -> &'static [KindSpec] {
-    if crate::kinds::toy::enabled() {
-        return crate::kinds::toy::with_test_kinds(crate::kinds::REGISTRY);
-    }
+    #[cfg(feature = "test-kinds")]
+    return crate::kinds::toy::with_test_kinds(crate::kinds::REGISTRY);
+    #[cfg(not(feature = "test-kinds"))]
     crate::kinds::REGISTRY
 }
 

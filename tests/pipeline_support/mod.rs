@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use semiflow_stages::api::{
-    resolve_typed, KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput,
+    resolve_typed, KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput,
 };
 use serde::{Deserialize, Serialize};
 
@@ -150,7 +150,11 @@ const fn kind(
         version: 1,
         summary: "test kind",
         refs,
-        trains,
+        role: if trains {
+            Role::Train { labels_from: &[] }
+        } else {
+            Role::Data
+        },
         numerics: trains,
         resolve_params,
         run: no_run,

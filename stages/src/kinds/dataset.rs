@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{resolve_typed, KindSpec, ParamError, RunCtx, StageOutput};
+use crate::api::{resolve_typed, KindSpec, ParamError, Role, RunCtx, StageOutput};
 use crate::data::{cifar, idx, image_folder, Dataset};
 
 pub const SPEC: KindSpec = KindSpec {
@@ -16,7 +16,7 @@ pub const SPEC: KindSpec = KindSpec {
     summary:
         "decode an image-folder tree, CIFAR binary batches or IDX files into a cached u8 array",
     refs: &[],
-    trains: false,
+    role: Role::Data,
     numerics: false,
     resolve_params: resolve,
     run,

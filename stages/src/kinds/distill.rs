@@ -27,18 +27,19 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::train::{self, StepLoss, Trainer};
-use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
+use super::train::{self, StepLoss, Trainer, Training};
+use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
 use crate::device::DeviceChoice;
 use crate::loss::{cross_entropy, soft_cross_entropy};
 use crate::model::{ModelCfg, Network};
-use crate::optim::{self, Optimizer, OptimizerKind, Param, Scaling};
+use crate::optim::{Optimizer, OptimizerKind, Param, Scaling};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "distill",
-    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    // v2: fused residual BatchNorm (a numerics change from before `NUMERICS_VERSION`; such changes
+    // now bump that one shared version, never this one).
     // v3: the labeled cross-entropy (alpha > 0) is averaged over the whole batch.
     version: 3,
     summary: "distill a frozen teacher into a student on all (unlabeled) train images",
@@ -72,38 +73,39 @@ pub const SPEC: KindSpec = KindSpec {
             required: false,
         },
     ],
-    trains: true,
+    role: Role::Train {
+        labels_from: &["labels", "teacher"],
+    },
     numerics: true,
     resolve_params: resolve,
     run,
 };
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    /// Student architecture; `None` = the teacher's.
-    pub model: Option<ModelCfg>,
-    /// Student's classifier head layer; `None` = the teacher's.
-    pub head_layer: Option<usize>,
-    /// Distillation temperature τ.
-    pub temperature: f64,
-    /// Weight of the labeled cross-entropy (requires `labels`).
-    pub alpha: f64,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub optimizer: OptimizerKind,
-    pub lr: f64,
-    pub lr_scaling: Scaling,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub warmup_epochs: f64,
-    pub nesterov: bool,
-    /// What the teacher sees.
-    pub teacher_view: TeacherView,
-    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
-    /// resolved params (and so from the cache key) when "cpu".
-    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
-    pub device: DeviceChoice,
+train::training_params! {
+    pub struct Params {
+        /// Student architecture; `None` = the teacher's.
+        pub model: Option<ModelCfg> = None,
+        /// Student's classifier head layer; `None` = the teacher's.
+        pub head_layer: Option<usize> = None,
+        /// Distillation temperature τ.
+        pub temperature: f64 = 1.0,
+        /// Weight of the labeled cross-entropy (requires `labels`).
+        pub alpha: f64 = 0.0,
+        /// What the teacher sees.
+        pub teacher_view: TeacherView = TeacherView::Same,
+    }
+    training = Training {
+        epochs: 30,
+        batch_size: 128,
+        optimizer: OptimizerKind::Lars,
+        lr: 1.0,
+        lr_scaling: Scaling::Linear,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        warmup_epochs: 1.0,
+        nesterov: false,
+        device: DeviceChoice::Cpu,
+    };
 }
 
 /// The input the teacher's soft labels come from.
@@ -116,30 +118,6 @@ pub enum TeacherView {
     /// view, and one teacher pass over the images however many epochs the student trains.
     Clean,
 }
-
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            model: None,
-            head_layer: None,
-            temperature: 1.0,
-            alpha: 0.0,
-            epochs: 30,
-            batch_size: 128,
-            optimizer: OptimizerKind::Lars,
-            lr: 1.0,
-            lr_scaling: Scaling::Linear,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            warmup_epochs: 1.0,
-            nesterov: false,
-            teacher_view: TeacherView::Same,
-            device: DeviceChoice::Cpu,
-        }
-    }
-}
-
-train::impl_schedule!(Params);
 
 fn check(p: &Params) -> Result<(), ParamError> {
     let err = |path: &str, message: String| ParamError {
@@ -157,7 +135,7 @@ fn check(p: &Params) -> Result<(), ParamError> {
             }
         }
     }
-    train::check_schedule(&p.schedule(), p.momentum)?;
+    p.training().check()?;
     if !(p.temperature > 0.0 && p.temperature.is_finite()) {
         return Err(err(
             "temperature",
@@ -166,12 +144,6 @@ fn check(p: &Params) -> Result<(), ParamError> {
     }
     if !(0.0..=1.0).contains(&p.alpha) {
         return Err(err("alpha", format!("must be in [0, 1], got {}", p.alpha)));
-    }
-    if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
-        return Err(err(
-            "weight_decay",
-            format!("must be ≥ 0, got {}", p.weight_decay),
-        ));
     }
     Ok(())
 }
@@ -333,7 +305,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
     let (teacher, clean_logits) = match p.teacher_view {
         TeacherView::Same => (Some(teacher), None),
         TeacherView::Clean => {
-            let (_, logits) = super::eval::extract(&teacher, &ds.train, 256, Some(ctx))?;
+            let (_, logits) = crate::evaluate::extract(&teacher, &ds.train, 256, Some(ctx))?;
             let logits = logits
                 .ok_or_else(|| {
                     anyhow::anyhow!("teacher {} produced no logits", teacher_dir.display())
@@ -342,12 +314,12 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
             (None, Some(Arc::new(logits)))
         }
     };
-    let (spec, batch) = train::loop_spec("distill", p.schedule(), ds.train.n)?;
+    let (spec, batch) = train::loop_spec("distill", p.training().schedule(), ds.train.n)?;
     let mut trainer = Distiller {
         teacher,
         params: train::optimizer_params(&student),
         student,
-        opt: optim::build(p.optimizer, p.momentum, p.weight_decay, p.nesterov),
+        opt: p.training().optimizer(),
         temperature: p.temperature,
         alpha: p.alpha,
     };

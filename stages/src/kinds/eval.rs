@@ -19,25 +19,25 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{resolve_typed, KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
+use crate::api::{
+    resolve_typed, EvalSpec, KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput,
+};
 use crate::device::DeviceChoice;
-use crate::knn::knn_scores;
+use crate::evaluate::{extract, ClassScores, EncoderKnn, LinearProbe};
 use crate::model::{read_sidecar, Network};
 
-use crate::data::loader::to_tensor;
 use crate::data::split::load_ids;
 use crate::data::{Dataset, Images};
 use crate::kinds::split::VAL_FILE;
 
 pub const SPEC: KindSpec = KindSpec {
     name: "eval",
-    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    // v2: fused residual BatchNorm (a numerics change from before `NUMERICS_VERSION`; such changes
+    // now bump that one shared version, never this one).
     // v3: the "val" split; details record the number of scored images.
     version: 3,
     summary: "top-1/top-5, per-class accuracy and confusion of classifiers; kNN and linear-probe accuracy of pretrained encoders",
@@ -64,11 +64,45 @@ pub const SPEC: KindSpec = KindSpec {
             required: false,
         },
     ],
-    trains: false,
+    role: Role::Eval(EVAL),
     numerics: true,
     resolve_params,
     run,
 };
+
+/// The report's view of eval records: `models` in order, the `split` parameter, and metrics
+/// prefixed `model<i>.` when several models are scored.
+pub const EVAL: EvalSpec = EvalSpec {
+    models: "models",
+    split_param: "split",
+    default_split: "test",
+    per_model: per_model_metrics,
+};
+
+/// Each model's metrics from an eval record's: unprefixed with one model, `model<i>.`-prefixed
+/// with several (`None` if a record of several models has no such keys).
+pub fn per_model_metrics(
+    metrics: &BTreeMap<String, f64>,
+    models: usize,
+) -> Option<Vec<BTreeMap<String, f64>>> {
+    if models == 1 {
+        return Some(vec![metrics.clone()]);
+    }
+    if models == 0 || !metrics.keys().any(|k| k.starts_with("model0.")) {
+        return None;
+    }
+    Some(
+        (0..models)
+            .map(|i| {
+                let prefix = format!("model{i}.");
+                metrics
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), *v)))
+                    .collect()
+            })
+            .collect(),
+    )
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -254,53 +288,6 @@ impl<'a> Parts<'a> {
     }
 }
 
-fn check_compatible(net: &Network, images: &Images) -> Result<()> {
-    ensure!(
-        images.c == net.in_channels()
-            && images.h == net.image_size()
-            && images.w == net.image_size(),
-        "the model expects {}×{}×{} inputs but the dataset has {}×{}×{} images",
-        net.in_channels(),
-        net.image_size(),
-        net.image_size(),
-        images.c,
-        images.h,
-        images.w
-    );
-    Ok(())
-}
-
-/// Eval-mode outputs over all images: (features (N, D), logits (N, C) if the net classifies),
-/// on the CPU.
-pub fn extract(
-    net: &Network,
-    images: &Images,
-    batch_size: usize,
-    ctx: Option<&RunCtx>,
-) -> Result<(Tensor, Option<Tensor>)> {
-    check_compatible(net, images)?;
-    let (mut feats, mut logits) = (Vec::new(), Vec::new());
-    let ids: Vec<usize> = (0..images.n).collect();
-    for chunk in ids.chunks(batch_size.max(1)) {
-        if let Some(ctx) = ctx {
-            ctx.check_cancel()?;
-        }
-        let x = to_tensor(images, chunk, net.device())?;
-        let (f, _, l) = net.forward_all(&x, false)?;
-        feats.push(f.to_device(&Device::Cpu)?);
-        if let Some(l) = l {
-            logits.push(l.to_device(&Device::Cpu)?);
-        }
-    }
-    ensure!(!feats.is_empty(), "the split holds no images");
-    let logits = if logits.is_empty() {
-        None
-    } else {
-        Some(Tensor::cat(&logits, 0)?)
-    };
-    Ok((Tensor::cat(&feats, 0)?, logits))
-}
-
 fn evaluate_classifier(
     net: &Network,
     dataset: &Dataset,
@@ -336,40 +323,6 @@ fn evaluate_classifier(
             "confusion": eval.confusion(),
         }),
     })
-}
-
-/// kNN classification with an encoder's eval-mode features: the `eval` kind's encoder metric and
-/// the pretrain kind's per-epoch monitor.
-pub struct EncoderKnn {
-    pub k: usize,
-    /// τ of the vote weights exp(similarity / τ).
-    pub temperature: f64,
-    pub batch_size: usize,
-}
-
-impl EncoderKnn {
-    /// (bank features, query features, per-query class scores) with `bank`'s labels voting.
-    pub fn run(
-        &self,
-        net: &Network,
-        bank: &Images,
-        queries: &Images,
-        num_classes: usize,
-        ctx: Option<&RunCtx>,
-    ) -> Result<(Tensor, Tensor, Vec<f32>)> {
-        let (bank_f, _) = extract(net, bank, self.batch_size, ctx)?;
-        let (query_f, _) = extract(net, queries, self.batch_size, ctx)?;
-        let scores = knn_scores(
-            &bank_f,
-            &bank.labels,
-            &query_f,
-            num_classes,
-            self.k,
-            self.temperature,
-            self.batch_size,
-        )?;
-        Ok((bank_f, query_f, scores))
-    }
 }
 
 fn evaluate_encoder(
@@ -416,192 +369,25 @@ fn evaluate_encoder(
     Ok(ModelReport { metrics, details })
 }
 
-/// Per-sample class scores (logits or kNN votes) with the true labels, and the accuracy
-/// statistics derived from them. Predictions are the arg-max with ties going to the lower class.
-pub struct ClassScores<'a> {
-    scores: &'a [f32],
-    labels: &'a [u32],
-    num_classes: usize,
-}
-
-impl<'a> ClassScores<'a> {
-    /// `scores` is row-major (labels.len() × num_classes).
-    pub fn new(scores: &'a [f32], labels: &'a [u32], num_classes: usize) -> Result<Self> {
-        ensure!(num_classes > 0, "no classes");
-        ensure!(
-            scores.len() == labels.len() * num_classes,
-            "{} scores for {} samples × {num_classes} classes",
-            scores.len(),
-            labels.len()
-        );
-        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= num_classes) {
-            anyhow::bail!("label {bad} out of range for {num_classes} classes");
-        }
-        Ok(ClassScores {
-            scores,
-            labels,
-            num_classes,
-        })
-    }
-
-    fn row(&self, i: usize) -> &[f32] {
-        &self.scores[i * self.num_classes..][..self.num_classes]
-    }
-
-    /// 0-based rank of the true class in sample `i`'s ordering (score desc, class asc).
-    /// NaN scores rank below everything.
-    fn rank(&self, i: usize) -> usize {
-        let row = self.row(i);
-        let y = self.labels[i] as usize;
-        let key = |c: usize| {
-            if row[c].is_nan() {
-                f32::NEG_INFINITY
-            } else {
-                row[c]
-            }
-        };
-        (0..self.num_classes)
-            .filter(|&c| key(c) > key(y) || (key(c) == key(y) && c < y))
-            .count()
-    }
-
-    pub fn predicted(&self, i: usize) -> usize {
-        let row = self.row(i);
-        let mut best = 0;
-        for c in 1..self.num_classes {
-            if row[c] > row[best] || row[best].is_nan() && !row[c].is_nan() {
-                best = c;
-            }
-        }
-        best
-    }
-
-    /// Fraction of samples whose true class is among the `k` highest scores (k capped at the
-    /// number of classes).
-    pub fn topk_accuracy(&self, k: usize) -> f64 {
-        let n = self.labels.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        (0..n).filter(|&i| self.rank(i) < k).count() as f64 / n as f64
-    }
-
-    /// counts[true][predicted].
-    pub fn confusion(&self) -> Vec<Vec<u64>> {
-        let mut m = vec![vec![0u64; self.num_classes]; self.num_classes];
-        for i in 0..self.labels.len() {
-            m[self.labels[i] as usize][self.predicted(i)] += 1;
-        }
-        m
-    }
-
-    /// Top-1 accuracy per true class; `None` for classes absent from the split.
-    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
-        self.confusion()
-            .iter()
-            .enumerate()
-            .map(|(c, row)| {
-                let total: u64 = row.iter().sum();
-                (total > 0).then(|| row[c] as f64 / total as f64)
-            })
-            .collect()
-    }
-}
-
-/// Multinomial logistic regression on frozen features: standardized with the train-split mean and
-/// standard deviation, zero-initialized, SGD with momentum 0.9 and a cosine-decayed learning rate,
-/// no weight decay, samples shuffled per epoch from `seed`.
-#[derive(Debug, Clone)]
-pub struct LinearProbe {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub momentum: f64,
-    pub seed: u64,
-}
-
-impl Default for LinearProbe {
-    fn default() -> Self {
-        LinearProbe {
-            epochs: 10,
-            batch_size: 256,
-            lr: 0.1,
-            momentum: 0.9,
-            seed: 0,
-        }
-    }
-}
-
-impl LinearProbe {
-    /// Train on (`train`, `labels`) and return row-major class scores for `test`.
-    pub fn fit_predict(
-        &self,
-        train: &Tensor,
-        labels: &[u32],
-        test: &Tensor,
-        num_classes: usize,
-    ) -> Result<Vec<f32>> {
-        let (n, d) = train.dims2()?;
-        ensure!(
-            labels.len() == n && n > 0,
-            "linear probe: {n} features, {} labels",
-            labels.len()
-        );
-        let dev = train.device().clone();
-        let train = train.to_dtype(DType::F32)?.detach();
-        let mean = train.mean_keepdim(0)?;
-        let std = (train.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)? + 1e-6)?.sqrt()?;
-        let standardize = |x: &Tensor| -> Result<Tensor> {
-            Ok(x.to_dtype(DType::F32)?
-                .broadcast_sub(&mean)?
-                .broadcast_div(&std)?)
-        };
-        let train = standardize(&train)?;
-        let w = candle_core::Var::zeros((d, num_classes), DType::F32, &dev)?;
-        let b = candle_core::Var::zeros(num_classes, DType::F32, &dev)?;
-        let mut vel = [w.zeros_like()?, b.zeros_like()?];
-        let labels_t = Tensor::new(labels, &dev)?;
-        let steps_per_epoch = n.div_ceil(self.batch_size.max(1));
-        let total = (self.epochs * steps_per_epoch).max(1);
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        let mut step = 0;
-        for epoch in 0..self.epochs {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-                self.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
-            order.shuffle(&mut rng);
-            for ids in order.chunks(self.batch_size.max(1)) {
-                let ids = Tensor::new(ids, &dev)?;
-                let x = train.index_select(&ids, 0)?;
-                let y = labels_t.index_select(&ids, 0)?;
-                let logits = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-                let grads = loss.backward()?;
-                let lr = self.lr
-                    * 0.5
-                    * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
-                for (var, v) in [&w, &b].into_iter().zip(vel.iter_mut()) {
-                    let g = grads
-                        .get(var.as_tensor())
-                        .context("linear probe: missing gradient")?;
-                    *v = ((&*v * self.momentum)? + g)?;
-                    var.set(&(var.as_tensor() - (&*v * lr)?)?)?;
-                }
-                step += 1;
-            }
-        }
-        let logits = standardize(test)?
-            .matmul(&w.as_detached_tensor())?
-            .broadcast_add(&b.as_detached_tensor())?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::ModelCfg;
-    use rand::Rng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn per_model_metrics_undo_the_prefix() {
+        let one = BTreeMap::from([("top1".to_string(), 0.5)]);
+        assert_eq!(per_model_metrics(&one, 1), Some(vec![one.clone()]));
+        assert_eq!(per_model_metrics(&one, 2), None);
+        let two = BTreeMap::from([
+            ("model0.top1".to_string(), 0.5),
+            ("model1.knn_top1".to_string(), 0.25),
+        ]);
+        let split = per_model_metrics(&two, 2).unwrap();
+        assert_eq!(split[0], BTreeMap::from([("top1".to_string(), 0.5)]));
+        assert_eq!(split[1], BTreeMap::from([("knn_top1".to_string(), 0.25)]));
+    }
 
     #[test]
     fn params_resolve_with_defaults_and_reject_bad_values() {
@@ -619,53 +405,6 @@ mod tests {
             "split"
         );
         assert!(resolve_params(&json!({"k": 3})).is_err());
-    }
-
-    #[test]
-    fn class_scores_metrics() {
-        // 4 samples, 3 classes.
-        let scores = [
-            0.9, 0.1, 0.0, // label 0: rank 0
-            0.5, 0.2, 0.3, // label 1: rank 2
-            0.2, 0.2, 0.1, // label 1: tie with class 0 → rank 1, predicted 0
-            0.0, 0.0, 1.0, // label 2: rank 0
-        ];
-        let labels = [0u32, 1, 1, 2];
-        let s = ClassScores::new(&scores, &labels, 3).unwrap();
-        assert_eq!(s.topk_accuracy(1), 0.5);
-        assert_eq!(s.topk_accuracy(2), 0.75);
-        assert_eq!(s.topk_accuracy(5), 1.0);
-        assert_eq!(s.confusion(), [[1, 0, 0], [2, 0, 0], [0, 0, 1]]);
-        assert_eq!(s.per_class_accuracy(), [Some(1.0), Some(0.0), Some(1.0)]);
-        assert!(ClassScores::new(&scores, &[0, 1, 1, 3], 3).is_err());
-        assert!(ClassScores::new(&scores[1..], &labels, 3).is_err());
-    }
-
-    #[test]
-    fn linear_probe_separates_separable_features() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let (n, d, c) = (60, 5, 3);
-        let labels: Vec<u32> = (0..n).map(|i| (i % c) as u32).collect();
-        let feats: Vec<f32> = (0..n * d)
-            .map(|j| {
-                let (i, k) = (j / d, j % d);
-                (if k == labels[i] as usize { 3.0 } else { 0.0 }) + rng.gen::<f32>()
-            })
-            .collect();
-        let x = Tensor::from_vec(feats, (n, d), &Device::Cpu).unwrap();
-        let probe = LinearProbe {
-            epochs: 20,
-            batch_size: 16,
-            ..Default::default()
-        };
-        let scores = probe.fit_predict(&x, &labels, &x, c).unwrap();
-        assert_eq!(
-            ClassScores::new(&scores, &labels, c)
-                .unwrap()
-                .topk_accuracy(1),
-            1.0
-        );
-        assert_eq!(scores, probe.fit_predict(&x, &labels, &x, c).unwrap());
     }
 
     fn toy_dataset(size: usize, per_class: usize) -> Dataset {
@@ -695,22 +434,6 @@ mod tests {
             train: mk(2 * per_class, &mut rng),
             test: mk(per_class, &mut rng),
         }
-    }
-
-    #[test]
-    fn to_tensor_is_nchw_in_unit_range() {
-        let img = Images {
-            n: 1,
-            h: 1,
-            w: 2,
-            c: 3,
-            pixels: vec![0, 51, 255, 102, 153, 204],
-            labels: vec![0],
-        };
-        let t = to_tensor(&img, &[0], &Device::Cpu).unwrap();
-        assert_eq!(t.dims(), [1, 3, 1, 2]);
-        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(v, [0.0, 0.4, 0.2, 0.6, 1.0, 0.8]);
     }
 
     #[test]

@@ -8,20 +8,15 @@
 //! Defaults follow the SimCLRv2 paper's fine-tuning: LARS, momentum 0.9, lr 0.005 × √B (0.16 at
 //! B = 1024), no weight decay, no warmup (cosine decay only).
 
-use std::sync::Arc;
-
-use serde::{Deserialize, Serialize};
-
-use super::train::{self, ClassifierTrainer};
-use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
-use crate::augment::AugmentCfg;
+use super::train::{self, ClassifierInit, Training};
+use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput};
 use crate::device::DeviceChoice;
-use crate::model::Network;
-use crate::optim::{self, OptimizerKind, Scaling};
+use crate::optim::{OptimizerKind, Scaling};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "finetune",
-    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    // v2: fused residual BatchNorm (a numerics change from before `NUMERICS_VERSION`; such changes
+    // now bump that one shared version, never this one).
     version: 2,
     summary: "fine-tune a pretrained network from a projection-head layer on the labeled split",
     refs: &[
@@ -47,111 +42,45 @@ pub const SPEC: KindSpec = KindSpec {
             required: true,
         },
     ],
-    trains: true,
+    role: Role::Train {
+        labels_from: &["labels"],
+    },
     numerics: true,
     resolve_params: resolve,
     run,
 };
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    /// Projection-head layer the classifier reads: 0 = encoder output, 1 = first head layer.
-    pub head_layer: usize,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub optimizer: OptimizerKind,
-    pub lr: f64,
-    pub lr_scaling: Scaling,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub warmup_epochs: f64,
-    pub nesterov: bool,
-    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
-    /// resolved params (and so from the cache key) when "cpu".
-    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
-    pub device: DeviceChoice,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            head_layer: 1,
-            epochs: 30,
-            batch_size: 64,
-            optimizer: OptimizerKind::Lars,
-            lr: 0.005,
-            lr_scaling: Scaling::Sqrt,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            warmup_epochs: 0.0,
-            nesterov: false,
-            device: DeviceChoice::Cpu,
-        }
+train::training_params! {
+    pub struct Params {
+        /// Projection-head layer the classifier reads: 0 = encoder output, 1 = first head layer.
+        pub head_layer: usize = 1,
     }
-}
-
-train::impl_schedule!(Params);
-
-fn check(p: &Params) -> Result<(), ParamError> {
-    train::check_schedule(&p.schedule(), p.momentum)?;
-    if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
-        return Err(ParamError {
-            path: "weight_decay".into(),
-            message: format!("must be ≥ 0, got {}", p.weight_decay),
-        });
-    }
-    Ok(())
+    training = Training {
+        epochs: 30,
+        batch_size: 64,
+        optimizer: OptimizerKind::Lars,
+        lr: 0.005,
+        lr_scaling: Scaling::Sqrt,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        warmup_epochs: 0.0,
+        nesterov: false,
+        device: DeviceChoice::Cpu,
+    };
 }
 
 fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
-    train::resolve_checked::<Params>(raw, check)
+    train::resolve_checked::<Params>(raw, |p| p.training().check())
 }
 
 fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
     let p: Params = ctx.params()?;
-    let (choice, batch_size) = (p.device, p.batch_size);
-    crate::device::run_on(ctx, choice, batch_size, |device| run_on(ctx, p, device))
-}
-
-fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Result<StageOutput> {
-    let ds = train::load_dataset(ctx, "data")?;
-    let labeled = Arc::new(train::load_labeled(ctx, "labels", ds.train.n)?);
-    let num_classes = ds.classes.len();
-    let from = ctx.input("from")?;
-    let net = Network::from_pretrained(
-        from,
-        p.head_layer,
-        num_classes,
-        &device,
-        train::seed_for(ctx, "finetune.init"),
-    )?;
-    train::check_input_shape(&net, &ds, "the pretrained network")?;
-    let (spec, batch) = train::loop_spec("finetune", p.schedule(), labeled.len())?;
-    let mut trainer = ClassifierTrainer::new(
-        net,
-        optim::build(p.optimizer, p.momentum, p.weight_decay, p.nesterov),
-    );
-    let images = Arc::new(ds.train);
-    let make_batch = train::labeled_batches(
-        images,
-        labeled.clone(),
-        batch,
-        AugmentCfg::crop_flip(),
-        train::seed_for(ctx, "finetune.data"),
-        device,
-    );
-    let result = train::run(ctx, &spec, &mut trainer, make_batch)?;
-    trainer.net.save(ctx.out_dir)?;
-    Ok(StageOutput {
-        metrics: result.final_metrics(),
-        series: result.series,
-        details: serde_json::json!({
-            "labeled_images": labeled.len(),
-            "steps_per_epoch": spec.steps_per_epoch,
-            "batch_size": batch,
-            "peak_lr": spec.peak_lr,
-        }),
+    let t = p.training();
+    crate::device::run_on(ctx, t.device, t.batch_size, |device| {
+        let init = ClassifierInit::Pretrained {
+            head_layer: p.head_layer,
+        };
+        train::train_classifier(ctx, "finetune", init, t, device)
     })
 }
 
@@ -159,6 +88,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
 mod tests {
     use super::super::train::testutil::{dataset_and_split, tiny_pretrain, Run};
     use super::*;
+    use crate::model::Network;
 
     /// Pretrain briefly, then fine-tune from head layer 1 until the labeled images are memorized.
     #[test]

@@ -7,6 +7,7 @@ pub mod finetune;
 pub mod pretrain;
 pub mod split;
 pub mod supervised;
+#[cfg(feature = "test-kinds")]
 pub mod toy;
 pub mod train;
 

@@ -16,21 +16,22 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::train::{self, LoopSpec, StepLoss, Trainer};
-use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
+use super::train::{self, LoopSpec, StepLoss, Trainer, Training};
+use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order};
 use crate::data::Images;
 use crate::device::DeviceChoice;
-use crate::kinds::eval::{ClassScores, EncoderKnn};
+use crate::evaluate::{ClassScores, EncoderKnn};
 use crate::loss::nt_xent_with_memory;
 use crate::memory::Memory;
 use crate::model::{ModelCfg, Network};
-use crate::optim::{self, Optimizer, OptimizerKind, Param, Scaling};
+use crate::optim::{Optimizer, OptimizerKind, Param, Scaling};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "pretrain",
-    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    // v2: fused residual BatchNorm (a numerics change from before `NUMERICS_VERSION`; such changes
+    // now bump that one shared version, never this one).
     version: 2,
     summary: "SimCLR contrastive pretraining (NT-Xent, LARS, optional MoCo-style memory)",
     refs: &[RefSpec {
@@ -40,44 +41,40 @@ pub const SPEC: KindSpec = KindSpec {
         many: false,
         required: true,
     }],
-    trains: true,
+    role: Role::Train { labels_from: &[] },
     numerics: true,
     resolve_params: resolve,
     run,
 };
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    pub model: ModelCfg,
-    pub epochs: usize,
-    /// Images per step; each gives two views, so the network sees 2× this many.
-    pub batch_size: usize,
-    pub optimizer: OptimizerKind,
-    /// Base learning rate, scaled by `lr_scaling`.
-    pub lr: f64,
-    pub lr_scaling: Scaling,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    /// Linear warmup length in epochs (fractions allowed), then cosine decay to 0.
-    pub warmup_epochs: f64,
-    /// Nesterov momentum (SGD only).
-    pub nesterov: bool,
-    /// NT-Xent temperature τ (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet).
-    pub temperature: f64,
-    /// Colour-jitter strength s (SimCLR: 0.5 on CIFAR-10, 1.0 on ImageNet).
-    pub color_jitter: f32,
-    /// Gaussian blur (SimCLR uses it on ImageNet, not on CIFAR).
-    pub blur: bool,
-    pub memory: MemoryParams,
-    /// Per-epoch kNN accuracy monitor; off unless `queries` > 0 (and then absent from the key
-    /// when off, so enabling it is the only change to existing keys).
-    #[serde(skip_serializing_if = "KnnMonitor::is_off")]
-    pub knn_monitor: KnnMonitor,
-    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
-    /// resolved params (and so from the cache key) when "cpu".
-    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
-    pub device: DeviceChoice,
+train::training_params! {
+    /// `batch_size` counts images per step; each gives two views, so the network sees 2× as many.
+    pub struct Params {
+        pub model: ModelCfg = ModelCfg::default(),
+        /// NT-Xent temperature τ (SimCLR: 0.5 on CIFAR-10, 0.1 on ImageNet).
+        pub temperature: f64 = 0.5,
+        /// Colour-jitter strength s (SimCLR: 0.5 on CIFAR-10, 1.0 on ImageNet).
+        pub color_jitter: f32 = 0.5,
+        /// Gaussian blur (SimCLR uses it on ImageNet, not on CIFAR).
+        pub blur: bool = false,
+        pub memory: MemoryParams = MemoryParams::default(),
+        /// Per-epoch kNN accuracy monitor; off unless `queries` > 0 (and then absent from the key
+        /// when off, so enabling it is the only change to existing keys).
+        #[serde(skip_serializing_if = "KnnMonitor::is_off")]
+        pub knn_monitor: KnnMonitor = KnnMonitor::default(),
+    }
+    training = Training {
+        epochs: 10,
+        batch_size: 256,
+        optimizer: OptimizerKind::Lars,
+        lr: 1.0,
+        lr_scaling: Scaling::Linear,
+        momentum: 0.9,
+        weight_decay: 1e-6,
+        warmup_epochs: 1.0,
+        nesterov: false,
+        device: DeviceChoice::Cpu,
+    };
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,38 +122,13 @@ impl Default for MemoryParams {
     }
 }
 
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            model: ModelCfg::default(),
-            epochs: 10,
-            batch_size: 256,
-            optimizer: OptimizerKind::Lars,
-            lr: 1.0,
-            lr_scaling: Scaling::Linear,
-            momentum: 0.9,
-            weight_decay: 1e-6,
-            warmup_epochs: 1.0,
-            nesterov: false,
-            temperature: 0.5,
-            color_jitter: 0.5,
-            blur: false,
-            memory: MemoryParams::default(),
-            knn_monitor: KnnMonitor::default(),
-            device: DeviceChoice::Cpu,
-        }
-    }
-}
-
-train::impl_schedule!(Params);
-
 fn check(p: &Params) -> Result<(), ParamError> {
     let err = |path: &str, message: String| ParamError {
         path: path.into(),
         message,
     };
     train::check_model(&p.model)?;
-    train::check_schedule(&p.schedule(), p.momentum)?;
+    p.training().check()?;
     if p.batch_size < 2 {
         return Err(err(
             "batch_size",
@@ -167,12 +139,6 @@ fn check(p: &Params) -> Result<(), ParamError> {
         return Err(err(
             "temperature",
             format!("must be positive, got {}", p.temperature),
-        ));
-    }
-    if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
-        return Err(err(
-            "weight_decay",
-            format!("must be ≥ 0, got {}", p.weight_decay),
         ));
     }
     if !(0.0..=1.0).contains(&p.color_jitter) {
@@ -341,7 +307,8 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
         })
         .transpose()?;
     let images = Arc::new(ds.train);
-    let (spec, batch): (LoopSpec, usize) = train::loop_spec("pretrain", p.schedule(), images.n)?;
+    let (spec, batch): (LoopSpec, usize) =
+        train::loop_spec("pretrain", p.training().schedule(), images.n)?;
     anyhow::ensure!(
         batch >= 2,
         "pretrain needs at least 2 train images, the dataset has {}",
@@ -361,7 +328,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
     };
     let mut trainer = Pretrainer {
         params: train::optimizer_params(&net),
-        opt: optim::build(p.optimizer, p.momentum, p.weight_decay, p.nesterov),
+        opt: p.training().optimizer(),
         net,
         memory,
         temperature: p.temperature,

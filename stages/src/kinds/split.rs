@@ -16,7 +16,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{resolve_typed, KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
+use crate::api::{
+    resolve_typed, KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput,
+};
 use crate::data::split::{draw, parse_ids, write_ids, Selection};
 use crate::data::{Dataset, Part};
 
@@ -31,7 +33,7 @@ pub const SPEC: KindSpec = KindSpec {
         many: false,
         required: true,
     }],
-    trains: false,
+    role: Role::Split { fraction: "fraction" },
     numerics: false,
     resolve_params: resolve,
     run,

@@ -9,20 +9,16 @@
 //! weight decay 5e-4, cosine decay without warmup, classifier on the encoder output
 //! (`head_layer = 0`: a standard ResNet; set 1 to mirror a fine-tuned network's extra layer).
 
-use std::sync::Arc;
-
-use serde::{Deserialize, Serialize};
-
-use super::train::{self, ClassifierTrainer};
-use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, RunCtx, StageOutput};
-use crate::augment::AugmentCfg;
+use super::train::{self, ClassifierInit, Training};
+use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput};
 use crate::device::DeviceChoice;
-use crate::model::{ModelCfg, Network};
-use crate::optim::{self, OptimizerKind, Scaling};
+use crate::model::ModelCfg;
+use crate::optim::{OptimizerKind, Scaling};
 
 pub const SPEC: KindSpec = KindSpec {
     name: "supervised",
-    // v2: fused residual BatchNorm and the stride-1 input gradient as a conv change the numerics.
+    // v2: fused residual BatchNorm (a numerics change from before `NUMERICS_VERSION`; such changes
+    // now bump that one shared version, never this one).
     version: 2,
     summary: "supervised baseline: the same architecture from random init on the labeled split",
     refs: &[
@@ -41,57 +37,37 @@ pub const SPEC: KindSpec = KindSpec {
             required: true,
         },
     ],
-    trains: true,
+    role: Role::Train {
+        labels_from: &["labels"],
+    },
     numerics: true,
     resolve_params: resolve,
     run,
 };
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {
-    pub model: ModelCfg,
-    /// Projection-head layers kept below the classifier (0 = classifier on the encoder output).
-    pub head_layer: usize,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub optimizer: OptimizerKind,
-    pub lr: f64,
-    pub lr_scaling: Scaling,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    pub warmup_epochs: f64,
-    pub nesterov: bool,
-    /// Where to compute: "cpu" (default), "cuda" or "cuda:N" (`crate::device`). Absent from the
-    /// resolved params (and so from the cache key) when "cpu".
-    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
-    pub device: DeviceChoice,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            model: ModelCfg::default(),
-            head_layer: 0,
-            epochs: 30,
-            batch_size: 64,
-            optimizer: OptimizerKind::Sgd,
-            lr: 0.1,
-            lr_scaling: Scaling::Linear,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            warmup_epochs: 0.0,
-            nesterov: true,
-            device: DeviceChoice::Cpu,
-        }
+train::training_params! {
+    pub struct Params {
+        pub model: ModelCfg = ModelCfg::default(),
+        /// Projection-head layers kept below the classifier (0 = classifier on the encoder output).
+        pub head_layer: usize = 0,
     }
+    training = Training {
+        epochs: 30,
+        batch_size: 64,
+        optimizer: OptimizerKind::Sgd,
+        lr: 0.1,
+        lr_scaling: Scaling::Linear,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        warmup_epochs: 0.0,
+        nesterov: true,
+        device: DeviceChoice::Cpu,
+    };
 }
-
-train::impl_schedule!(Params);
 
 fn check(p: &Params) -> Result<(), ParamError> {
     train::check_model(&p.model)?;
-    train::check_schedule(&p.schedule(), p.momentum)?;
+    p.training().check()?;
     if p.head_layer > p.model.head_layers {
         return Err(ParamError {
             path: "head_layer".into(),
@@ -99,12 +75,6 @@ fn check(p: &Params) -> Result<(), ParamError> {
                 "must be at most model.head_layers = {}",
                 p.model.head_layers
             ),
-        });
-    }
-    if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
-        return Err(ParamError {
-            path: "weight_decay".into(),
-            message: format!("must be ≥ 0, got {}", p.weight_decay),
         });
     }
     Ok(())
@@ -116,46 +86,13 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
 
 fn run(ctx: &RunCtx) -> anyhow::Result<StageOutput> {
     let p: Params = ctx.params()?;
-    let (choice, batch_size) = (p.device, p.batch_size);
-    crate::device::run_on(ctx, choice, batch_size, |device| run_on(ctx, p, device))
-}
-
-fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Result<StageOutput> {
-    let ds = train::load_dataset(ctx, "data")?;
-    let labeled = Arc::new(train::load_labeled(ctx, "labels", ds.train.n)?);
-    let net = Network::new_classifier(
-        &p.model,
-        ds.train.h,
-        ds.train.c,
-        ds.classes.len(),
-        p.head_layer,
-        &device,
-        train::seed_for(ctx, "supervised.init"),
-    )?;
-    let (spec, batch) = train::loop_spec("supervised", p.schedule(), labeled.len())?;
-    let mut trainer = ClassifierTrainer::new(
-        net,
-        optim::build(p.optimizer, p.momentum, p.weight_decay, p.nesterov),
-    );
-    let make_batch = train::labeled_batches(
-        Arc::new(ds.train),
-        labeled.clone(),
-        batch,
-        AugmentCfg::crop_flip(),
-        train::seed_for(ctx, "supervised.data"),
-        device,
-    );
-    let result = train::run(ctx, &spec, &mut trainer, make_batch)?;
-    trainer.net.save(ctx.out_dir)?;
-    Ok(StageOutput {
-        metrics: result.final_metrics(),
-        series: result.series,
-        details: serde_json::json!({
-            "labeled_images": labeled.len(),
-            "steps_per_epoch": spec.steps_per_epoch,
-            "batch_size": batch,
-            "peak_lr": spec.peak_lr,
-        }),
+    let t = p.training();
+    crate::device::run_on(ctx, t.device, t.batch_size, |device| {
+        let init = ClassifierInit::Random {
+            model: &p.model,
+            head_layer: p.head_layer,
+        };
+        train::train_classifier(ctx, "supervised", init, t, device)
     })
 }
 
@@ -163,6 +100,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
 mod tests {
     use super::super::train::testutil::{dataset_and_split, files, tiny_model, Run};
     use super::*;
+    use crate::model::Network;
 
     fn run_in(
         root: &std::path::Path,

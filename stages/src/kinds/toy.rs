@@ -1,5 +1,6 @@
 //! Test-only stage kinds (`toy-train`, `toy-eval`) for exercising the engine without candle:
-//! registered only when `SEMIFLOW_TEST_KINDS=1`.
+//! compiled only with the `test-kinds` feature, which the engine's tests enable (a dev-dependency
+//! feature: release builds never have them).
 //!
 //! `toy-train` fits a small linear model `y = w·x` by SGD on samples drawn from a ChaCha RNG seeded
 //! by the node's seed. It keeps the contract real stages keep: outputs depend only on params, inputs
@@ -19,12 +20,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{resolve_typed, KindSpec, RefSpec, RefTarget, RunCtx, StageOutput};
-
-/// Whether test kinds are enabled in this process.
-pub fn enabled() -> bool {
-    std::env::var_os("SEMIFLOW_TEST_KINDS").is_some_and(|v| v == "1")
-}
+use crate::api::{
+    resolve_typed, EvalSpec, KindSpec, RefSpec, RefTarget, Role, RunCtx, StageOutput,
+};
 
 /// `base` followed by the test kinds (built once; `toy-train`'s version read from the environment).
 pub fn with_test_kinds(base: &'static [KindSpec]) -> &'static [KindSpec] {
@@ -55,7 +53,7 @@ pub fn with_test_kinds(base: &'static [KindSpec]) -> &'static [KindSpec] {
                     required: false,
                 },
             ],
-            trains: true,
+            role: Role::Train { labels_from: &[] },
             numerics: false,
             resolve_params: resolve_typed::<TrainParams>,
             run: run_train,
@@ -72,7 +70,12 @@ pub fn with_test_kinds(base: &'static [KindSpec]) -> &'static [KindSpec] {
                 many: true,
                 required: true,
             }],
-            trains: false,
+            role: Role::Eval(EvalSpec {
+                models: "models",
+                split_param: "split",
+                default_split: "test",
+                per_model: super::eval::per_model_metrics,
+            }),
             numerics: false,
             resolve_params: resolve_typed::<EvalParams>,
             run: run_eval,
@@ -87,7 +90,7 @@ fn copy_spec(k: &KindSpec) -> KindSpec {
         version: k.version,
         summary: k.summary,
         refs: k.refs,
-        trains: k.trains,
+        role: k.role,
         numerics: k.numerics,
         resolve_params: k.resolve_params,
         run: k.run,

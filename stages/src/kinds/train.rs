@@ -7,11 +7,16 @@
 //! training `0..k`, checkpointing, and resuming `k..E` in a fresh process run the same arithmetic.
 
 mod checkpoint;
+mod classifier;
+mod params;
 mod setup;
 #[cfg(test)]
 pub(crate) mod testutil;
 
 pub use checkpoint::*;
+pub use classifier::{train_classifier, ClassifierInit};
+pub(crate) use params::training_params;
+pub use params::Training;
 pub use setup::*;
 
 use std::collections::BTreeMap;

@@ -8,12 +8,11 @@ use anyhow::Context as _;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{batches_per_epoch, prefixed, with_prefix, LoopSpec, StepLoss, Trainer};
+use super::{batches_per_epoch, prefixed, with_prefix, LoopSpec};
 use crate::api::RunCtx;
 use crate::augment::AugmentCfg;
 use crate::data::loader::{augment_batch, epoch_order, labels_tensor};
 use crate::data::{derive_seed, Dataset, Images};
-use crate::loss::{accuracy, cross_entropy};
 use crate::model::{ModelCfg, Network};
 use crate::optim::{Optimizer, Param, Scaling};
 
@@ -148,45 +147,6 @@ pub fn labeled_batches(
     }
 }
 
-/// Trains a classifier network with cross-entropy on labeled batches (finetune, supervised).
-pub struct ClassifierTrainer {
-    pub net: Network,
-    params: Vec<Param>,
-    opt: Box<dyn Optimizer + Send>,
-}
-
-impl ClassifierTrainer {
-    pub fn new(net: Network, opt: Box<dyn Optimizer + Send>) -> Self {
-        let params = optimizer_params(&net);
-        ClassifierTrainer { net, params, opt }
-    }
-}
-
-impl Trainer for ClassifierTrainer {
-    type Batch = (Tensor, Tensor);
-    fn forward(&mut self, (x, y): (Tensor, Tensor)) -> anyhow::Result<StepLoss> {
-        let images = x.dim(0)?;
-        let logits = self.net.logits(&x, true)?;
-        let loss = cross_entropy(&logits, &y)?;
-        let acc = accuracy(&logits, &y)?;
-        Ok(StepLoss {
-            loss,
-            metrics: vec![("acc", acc)],
-            images,
-        })
-    }
-    fn update(&mut self, loss: &Tensor, lr: f64) -> anyhow::Result<()> {
-        let grads = loss.backward()?;
-        self.opt.step(&self.params, &grads, lr)
-    }
-    fn state(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
-        Ok(net_and_opt_state(&self.net, self.opt.as_ref()))
-    }
-    fn load_state(&mut self, state: &[(String, Tensor)]) -> anyhow::Result<()> {
-        load_net_and_opt(&self.net, self.opt.as_mut(), state)
-    }
-}
-
 /// Checks shared by the training kinds' params; `Err` names the offending key.
 pub fn check_schedule(s: &Schedule, momentum: f64) -> Result<(), crate::api::ParamError> {
     let err = |path: &str, message: String| crate::api::ParamError {
@@ -247,23 +207,3 @@ where
     check(&p)?;
     Ok(value)
 }
-
-/// `fn schedule(&self) -> Schedule` for a training kind's params struct, which carries the schedule
-/// fields under the same names. (serde's `flatten` would share the fields themselves, but it cannot
-/// be combined with `deny_unknown_fields`, which gives the unknown-key errors.)
-macro_rules! impl_schedule {
-    ($params:ty) => {
-        impl $params {
-            fn schedule(&self) -> $crate::kinds::train::Schedule {
-                $crate::kinds::train::Schedule {
-                    epochs: self.epochs,
-                    batch_size: self.batch_size,
-                    lr: self.lr,
-                    lr_scaling: self.lr_scaling,
-                    warmup_epochs: self.warmup_epochs,
-                }
-            }
-        }
-    };
-}
-pub(crate) use impl_schedule;

@@ -7,6 +7,11 @@
 use anyhow::{ensure, Result};
 use candle_core::{DType, Tensor, D};
 
+use super::extract;
+use crate::api::RunCtx;
+use crate::data::Images;
+use crate::model::Network;
+
 /// Rows of `x` (N, D) scaled to unit L2 norm (all-zero rows stay zero).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let norm = x
@@ -78,6 +83,40 @@ pub fn knn_scores(
         }
     }
     Ok(scores)
+}
+
+/// kNN classification with an encoder's eval-mode features: the `eval` kind's encoder metric and
+/// the pretrain kind's per-epoch monitor.
+pub struct EncoderKnn {
+    pub k: usize,
+    /// τ of the vote weights exp(similarity / τ).
+    pub temperature: f64,
+    pub batch_size: usize,
+}
+
+impl EncoderKnn {
+    /// (bank features, query features, per-query class scores) with `bank`'s labels voting.
+    pub fn run(
+        &self,
+        net: &Network,
+        bank: &Images,
+        queries: &Images,
+        num_classes: usize,
+        ctx: Option<&RunCtx>,
+    ) -> Result<(Tensor, Tensor, Vec<f32>)> {
+        let (bank_f, _) = extract(net, bank, self.batch_size, ctx)?;
+        let (query_f, _) = extract(net, queries, self.batch_size, ctx)?;
+        let scores = knn_scores(
+            &bank_f,
+            &bank.labels,
+            &query_f,
+            num_classes,
+            self.k,
+            self.temperature,
+            self.batch_size,
+        )?;
+        Ok((bank_f, query_f, scores))
+    }
 }
 
 #[cfg(test)]
