@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): per-node overhead of the Slurm executor and a 100-node sweep's wall
 # time through Slurm vs the local executor. Needs a cluster (scripts/slurm-up.sh) and a release
-# build (cargo build --release). Usage: scripts/bench-slurm.sh [NODES] [POLL_SECONDS]
+# build with the toy kinds (cargo build --release --features semiflow-stages/test-kinds). Usage: scripts/bench-slurm.sh [NODES] [POLL_SECONDS]
 #
 # The nodes are toy-train jobs of one epoch (no sleep): near no-ops, so the figures are the
 # executor's own cost: sbatch, Slurm starting the job, `semiflow exec` starting, ingesting and
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 n=${1:-100}
 poll=${2:-0.5}
 bin=$PWD/target/release/semiflow
-[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+[ -x "$bin" ] || { echo "build first: cargo build --release --features semiflow-stages/test-kinds" >&2; exit 1; }
 dir=$(mktemp -d /tmp/semiflow-bench-slurm.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 seeds=$(seq -s, 0 $((n - 1)))
@@ -29,7 +29,7 @@ kind = "toy-train"
 seed = "\${sweep.seed}"
 epochs = 1
 TOML
-export SEMIFLOW_TEST_KINDS=1 SEMIFLOW_SLURM_TIMINGS=1
+export SEMIFLOW_SLURM_TIMINGS=1
 cpus=$(nproc)
 slurm() { # STORE MAX_JOBS
     local t0 t1

@@ -280,7 +280,6 @@ fn claims_get_exact_verdicts_and_audit_notices_a_lost_claim() {
             .args(args)
             .arg("--store")
             .arg(&store)
-            .env_remove("SEMIFLOW_TEST_KINDS")
             .env_remove("SEMIFLOW_STORE")
             .env_remove("SEMIFLOW_FAULT")
             .output()

@@ -116,7 +116,6 @@ impl Env {
             .args(args)
             .arg("--store")
             .arg(self.dir.path().join("store"))
-            .env_remove("SEMIFLOW_TEST_KINDS")
             .env_remove("SEMIFLOW_STORE")
             .env_remove("RUST_LOG")
             .output()

@@ -150,7 +150,6 @@ impl Env {
         c.args(args)
             .arg("--store")
             .arg(&self.store)
-            .env_remove("SEMIFLOW_TEST_KINDS")
             .env_remove("SEMIFLOW_STORE")
             .env_remove("RUST_LOG");
         c

@@ -698,7 +698,6 @@ fn validate_binary(path: &Path) -> Result<(), TestCaseError> {
         .arg(path)
         .env_remove("CIFAR10_ROOT")
         .env_remove("FASHION_MNIST_ROOT")
-        .env_remove("SEMIFLOW_TEST_KINDS")
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

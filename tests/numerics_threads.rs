@@ -105,7 +105,6 @@ fn artifacts(dir: &Path, text: &str, threads: usize) -> BTreeMap<String, String>
             .arg("--store")
             .arg(&store)
             .env("RAYON_NUM_THREADS", threads.to_string())
-            .env_remove("SEMIFLOW_TEST_KINDS")
             .env_remove("SEMIFLOW_STORE")
             .env_remove("SEMIFLOW_FAULT")
             .env_remove("RUST_LOG")

@@ -82,7 +82,6 @@ impl Env {
         c.args(args)
             .arg("--store")
             .arg(&self.store)
-            .env("SEMIFLOW_TEST_KINDS", "1")
             .env_remove("SEMIFLOW_STORE")
             .env_remove("SEMIFLOW_TOY_VERSION")
             .env_remove("RUST_LOG");
