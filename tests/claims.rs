@@ -2,11 +2,9 @@
 //! checked with exact verdicts (holds / fails / within noise) on real eval records through the
 //! real binary (`semiflow report --json`, `semiflow audit --claims`).
 
+mod real_support;
 #[path = "pipeline_support/mod.rs"]
 mod support;
-
-use std::path::Path;
-use std::process::Command;
 
 use support::Scratch;
 
@@ -189,10 +187,6 @@ fn malformed_claims_are_reported_at_their_key() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn cifar_root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny")
-}
-
 /// Three small supervised networks on the tiny CIFAR-10 images; `twin` is `strong` under another
 /// name (same key, identical results). Exact verdicts come from margins far outside any noise on
 /// 100 test images (±2σ ≤ 20 points), so they do not depend on how well the networks learn.
@@ -244,7 +238,7 @@ models = ["strong", "weak", "twin"]
 
 {claims}
 "#,
-        root = cifar_root().display()
+        root = real_support::cifar_tiny().display()
     )
 }
 
@@ -276,12 +270,10 @@ fn claims_get_exact_verdicts_and_audit_notices_a_lost_claim() {
     let file = dir.path().join("p.toml");
     std::fs::write(&file, pipeline(CLAIMS)).unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_semiflow"))
+        let out = real_support::semiflow()
             .args(args)
             .arg("--store")
             .arg(&store)
-            .env_remove("SEMIFLOW_STORE")
-            .env_remove("SEMIFLOW_FAULT")
             .output()
             .unwrap();
         (

@@ -5,65 +5,18 @@
 //! Data: the 300 + 100 CIFAR-10 JPEGs under `tests/data/cifar10-tiny`, with networks small
 //! enough that the whole recipe runs in seconds.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod real_support;
+use real_support::{cifar_tiny, semiflow, Recipe};
 
 /// The whole recipe at toy size (the same as tests/e2e_real.rs's), `extra` appended.
 fn recipe(extra: &str) -> String {
-    let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny");
-    format!(
-        r#"
-[pipeline]
-name = "device"
-seed = 0
-
-[datasets.cifar]
-format = "image-folder"
-root = "{root}"
-
-[nodes.split]
-kind = "split"
-data = "cifar"
-per_class = 3
-
-[nodes.pretrain]
-kind = "pretrain"
-data = "cifar"
-model = {{ depth = 10, width = 0.125 }}
-epochs = 1
-batch_size = 64
-knn_monitor = {{ queries = 50, bank = 200, k = 20 }}
-
-[nodes.finetune]
-kind = "finetune"
-from = "pretrain"
-labels = "split"
-data = "cifar"
-epochs = 2
-batch_size = 64
-
-[nodes.supervised]
-kind = "supervised"
-labels = "split"
-data = "cifar"
-model = {{ depth = 10, width = 0.125 }}
-epochs = 2
-batch_size = 64
-
-[nodes.distill]
-kind = "distill"
-teacher = "finetune"
-data = "cifar"
-epochs = 1
-batch_size = 64
-
-[nodes.eval]
-kind = "eval"
-data = "cifar"
-models = ["finetune", "supervised", "distill"]
-{extra}"#,
-        root = root.display()
-    )
+    let recipe = Recipe {
+        knn_monitor: true,
+        supervised: true,
+        ..Recipe::cifar("device", &cifar_tiny())
+    };
+    recipe.toml() + extra
 }
 
 /// The keys this recipe's nodes had with the binary from before `device` existed (built from
@@ -112,12 +65,10 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(env!("CARGO_BIN_EXE_semiflow"))
+        let out = semiflow()
             .args(args)
             .arg("--store")
             .arg(self.dir.path().join("store"))
-            .env_remove("SEMIFLOW_STORE")
-            .env_remove("RUST_LOG")
             .output()
             .unwrap();
         Out {

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod real_support;
+use real_support::Recipe;
+
 /// The committed images (absolute, so the pipeline file can live in a temp dir).
 fn data_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny")
@@ -15,59 +18,12 @@ fn data_root() -> PathBuf {
 /// The whole recipe at toy size: dataset → split (3 labels per class) → pretrain → finetune and
 /// supervised baseline → distill → eval of the three classifiers.
 fn recipe(root: &Path) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "e2e-real"
-seed = 0
-
-[datasets.cifar]
-format = "image-folder"
-root = "{root}"
-
-[nodes.split]
-kind = "split"
-data = "cifar"
-per_class = 3
-
-[nodes.pretrain]
-kind = "pretrain"
-data = "cifar"
-model = {{ depth = 10, width = 0.125 }}
-epochs = 1
-batch_size = 64
-knn_monitor = {{ queries = 50, bank = 200, k = 20 }}
-
-[nodes.finetune]
-kind = "finetune"
-from = "pretrain"
-labels = "split"
-data = "cifar"
-epochs = 2
-batch_size = 64
-
-[nodes.supervised]
-kind = "supervised"
-labels = "split"
-data = "cifar"
-model = {{ depth = 10, width = 0.125 }}
-epochs = 2
-batch_size = 64
-
-[nodes.distill]
-kind = "distill"
-teacher = "finetune"
-data = "cifar"
-epochs = 1
-batch_size = 64
-
-[nodes.eval]
-kind = "eval"
-data = "cifar"
-models = ["finetune", "supervised", "distill"]
-"#,
-        root = root.display()
-    )
+    Recipe {
+        knn_monitor: true,
+        supervised: true,
+        ..Recipe::cifar("e2e-real", root)
+    }
+    .toml()
 }
 
 /// dataset → pretrain only, `epochs` long, checkpointing every epoch.

@@ -10,55 +10,24 @@
 //! change that alters them must bump `numerics::NUMERICS_VERSION` and update the hashes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn cifar_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny")
-}
+mod real_support;
+use real_support::{cifar_tiny, semiflow, Recipe};
 
 fn pipeline(dataset: &str, width: f64, batch: usize) -> String {
-    format!(
-        r#"
-[pipeline]
-name = "numerics"
-seed = 0
-
-{dataset}
-
-[nodes.split]
-kind = "split"
-data = "d"
-per_class = 4
-
-[nodes.pretrain]
-kind = "pretrain"
-data = "d"
-model = {{ depth = 10, width = {width} }}
-epochs = 1
-batch_size = {batch}
-
-[nodes.finetune]
-kind = "finetune"
-from = "pretrain"
-labels = "split"
-data = "d"
-epochs = 2
-batch_size = {batch}
-
-[nodes.distill]
-kind = "distill"
-teacher = "finetune"
-data = "d"
-epochs = 1
-batch_size = {batch}
-
-[nodes.eval]
-kind = "eval"
-data = "d"
-models = ["finetune", "distill"]
-"#
-    )
+    Recipe {
+        name: "numerics",
+        dataset: dataset.to_string(),
+        data: "d",
+        per_class: 4,
+        width,
+        pretrain_epochs: 1,
+        batch_size: batch,
+        knn_monitor: false,
+        supervised: false,
+    }
+    .toml()
 }
 
 /// 240 train + 60 test grey 28×28 images of 3 classes (a bright bar whose position is the class,
@@ -100,14 +69,11 @@ fn artifacts(dir: &Path, text: &str, threads: usize) -> BTreeMap<String, String>
     std::fs::write(&file, text).unwrap();
     let store = dir.join(format!("store{threads}"));
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_semiflow"))
+        let out = semiflow()
             .args(args)
             .arg("--store")
             .arg(&store)
             .env("RAYON_NUM_THREADS", threads.to_string())
-            .env_remove("SEMIFLOW_STORE")
-            .env_remove("SEMIFLOW_FAULT")
-            .env_remove("RUST_LOG")
             .output()
             .unwrap();
         assert!(
@@ -157,13 +123,13 @@ const CIFAR: &str = "[datasets.d]\nformat = \"image-folder\"\nroot = \"ROOT\"";
 
 #[test]
 fn narrow_network_same_bits_at_1_2_3_8_threads() {
-    let ds = CIFAR.replace("ROOT", &cifar_root().display().to_string());
+    let ds = CIFAR.replace("ROOT", &cifar_tiny().display().to_string());
     check("width 0.125", &pipeline(&ds, 0.125, 64), GOLDEN_NARROW);
 }
 
 #[test]
 fn wider_network_same_bits_at_1_2_3_8_threads() {
-    let ds = CIFAR.replace("ROOT", &cifar_root().display().to_string());
+    let ds = CIFAR.replace("ROOT", &cifar_tiny().display().to_string());
     check("width 0.5", &pipeline(&ds, 0.5, 48), GOLDEN_WIDE);
 }
 

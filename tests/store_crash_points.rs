@@ -6,60 +6,20 @@
 //! output is bit-identical to a run that was never interrupted.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn data_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny")
-}
+mod real_support;
+use real_support::{cifar_tiny, semiflow, Recipe};
 
 /// dataset → split → pretrain (2 epochs, checkpointed) → finetune → distill → eval.
 fn pipeline() -> String {
-    format!(
-        r#"
-[pipeline]
-name = "crash"
-seed = 0
-
-[datasets.cifar]
-format = "image-folder"
-root = "{root}"
-
-[nodes.split]
-kind = "split"
-data = "cifar"
-per_class = 3
-
-[nodes.pretrain]
-kind = "pretrain"
-data = "cifar"
-model = {{ depth = 10, width = 0.125 }}
-epochs = 2
-batch_size = 64
-
-[nodes.finetune]
-kind = "finetune"
-from = "pretrain"
-labels = "split"
-data = "cifar"
-epochs = 2
-batch_size = 64
-
-[nodes.distill]
-kind = "distill"
-teacher = "finetune"
-data = "cifar"
-epochs = 1
-batch_size = 64
-
-[nodes.eval]
-kind = "eval"
-data = "cifar"
-models = ["finetune", "distill"]
-"#,
-        root = data_root().display()
-    )
+    Recipe {
+        pretrain_epochs: 2,
+        ..Recipe::cifar("crash", &cifar_tiny())
+    }
+    .toml()
 }
 
 const NODES: [&str; 6] = [
@@ -92,13 +52,8 @@ impl Env {
     }
 
     fn output(&self, args: &[&str], fault: Option<&str>) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_semiflow"));
-        c.args(args)
-            .arg("--store")
-            .arg(&self.store)
-            .env_remove("SEMIFLOW_STORE")
-            .env_remove("SEMIFLOW_FAULT")
-            .env_remove("RUST_LOG");
+        let mut c = semiflow();
+        c.args(args).arg("--store").arg(&self.store);
         if let Some(f) = fault {
             c.env("SEMIFLOW_FAULT", f);
         }
