@@ -56,7 +56,7 @@ host=$(hostname -s)
 alive() {
     [ -f "$1" ] || return 1
     local pid
-    pid=$(cat "$1")
+    pid=$(cat "$1" 2>/dev/null) || return 1
     kill -0 "$pid" 2>/dev/null || return 1
     ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
 }
@@ -219,8 +219,10 @@ if ! alive /run/slurmctld.pid; then /usr/sbin/slurmctld; fi
 if ! alive /run/slurmd.pid; then /usr/sbin/slurmd; fi
 for _ in $(seq 300); do
     state=$(sinfo -h -N -o %T 2>/dev/null | head -1 || true)
+    # A state may carry flags (`mixed-`: planned by the backfill scheduler); `*`: not responding.
     case "$state" in
-        idle|mixed|allocated)
+        *'*') ;;
+        idle*|mixed*|allocated*|planned*)
             echo "slurm-up: node $host $state; accounting: $accounting; memory limits: $memory_limits"
             exit 0 ;;
     esac

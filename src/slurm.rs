@@ -353,6 +353,8 @@ struct Job {
     host: Option<String>,
     /// Since when no query has named this job (and no result file exists).
     unknown_since: Option<Instant>,
+    /// When the controller (squeue or scontrol, not accounting) last named this job.
+    confirmed: Instant,
     adopted: bool,
 }
 
@@ -488,6 +490,7 @@ impl Slurm {
                     state: "ADOPTED".into(),
                     host: None,
                     unknown_since: None,
+                    confirmed: Instant::now(),
                     adopted: true,
                 });
                 return;
@@ -642,6 +645,7 @@ impl Slurm {
             state: "SUBMITTED".into(),
             host: None,
             unknown_since: None,
+            confirmed: Instant::now(),
             adopted: false,
         })
     }
@@ -703,11 +707,18 @@ impl Slurm {
     fn poll(&mut self) -> Result<()> {
         let ids: Vec<String> = self.jobs.iter().map(|j| j.job_id.clone()).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let answer = query_states(self.method, &refs, self.since_unix());
+        let mut answer = query_states(self.method, &refs, self.since_unix());
         let problems = answer.problems();
         match (&problems, self.query_failing) {
             (Some(p), false) => {
-                tracing::warn!("asking Slurm for job states failed ({p}); retrying every poll");
+                let meanwhile = if answer.squeue_error.is_none() {
+                    " (squeue answers for the jobs in the queue meanwhile)"
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    "asking Slurm for job states failed ({p}); retrying every poll{meanwhile}"
+                );
                 self.query_failing = true;
             }
             (None, true) => {
@@ -716,11 +727,39 @@ impl Slurm {
             }
             _ => {}
         }
+        // Accounting can say RUNNING forever of a job the controller lost (a "runaway" job):
+        // once per timeout, ask the controller about the jobs only sacct vouches for.
+        let mut confirmed = std::collections::BTreeSet::new();
+        let mut runaway = BTreeMap::new();
+        let stale: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|j| j.confirmed.elapsed() >= self.opts.unknown_state_timeout)
+            .filter(|j| {
+                (answer.infos.get(&j.job_id)).is_some_and(|i| i.from_sacct && is_active(&i.state))
+            })
+            .map(|j| j.job_id.clone())
+            .collect();
+        if !stale.is_empty() {
+            let refs: Vec<&str> = stale.iter().map(String::as_str).collect();
+            if let Ok(live) = squeue(&refs) {
+                for id in stale {
+                    if live.contains_key(&id) || scontrol_info(&id).is_some() {
+                        confirmed.insert(id);
+                    } else if let Some(i) = answer.infos.remove(&id) {
+                        runaway.insert(id, i.detail);
+                    }
+                }
+            }
+        }
         let mut still = Vec::new();
         for mut job in std::mem::take(&mut self.jobs) {
             let result_path = job_dir(&self.root, &job.key.hex).join("result.json");
             let info = answer.infos.get(&job.job_id);
             if let Some(info) = info {
+                if !info.from_sacct || confirmed.contains(&job.job_id) {
+                    job.confirmed = Instant::now();
+                }
                 if job.partition.is_none() {
                     job.partition = info.partition.clone();
                 }
@@ -777,6 +816,11 @@ impl Slurm {
                     result_path.display()
                 ),
                 None => match &problems {
+                    _ if runaway.contains_key(&job.job_id) => format!(
+                        "sacct says it is {}, but the controller does not know it (a runaway job \
+                         in the accounting database: see `sacctmgr show runawayjobs`)",
+                        runaway[&job.job_id]
+                    ),
                     Some(p) => format!("Slurm cannot be asked ({p})"),
                     None if self.method == Method::Sacct => {
                         "sacct has no record of it, and squeue and scontrol do not know it"
@@ -1059,6 +1103,8 @@ pub struct JobInfo {
     /// `exit:signal`, where the query says.
     pub exit_code: Option<String>,
     pub reason: Option<String>,
+    /// Said by accounting (sacct), not by the controller.
+    pub from_sacct: bool,
 }
 
 impl JobInfo {
@@ -1076,6 +1122,7 @@ impl JobInfo {
             host: some(host),
             exit_code: some(exit_code),
             reason: some(reason),
+            from_sacct: false,
         }
     }
 }
@@ -1223,10 +1270,11 @@ pub fn sacct(ids: &[&str], since_unix: f64) -> Result<BTreeMap<String, JobInfo>>
     for line in String::from_utf8_lossy(&o.stdout).lines() {
         let f: Vec<&str> = line.split('|').collect();
         if f.len() >= 6 && !f[0].trim().is_empty() {
-            out.insert(
-                f[0].trim().to_string(),
-                JobInfo::new(f[1], f[3], f[4], f[2], f[5]),
-            );
+            let info = JobInfo {
+                from_sacct: true,
+                ..JobInfo::new(f[1], f[3], f[4], f[2], f[5])
+            };
+            out.insert(f[0].trim().to_string(), info);
         }
     }
     Ok(out)

@@ -124,6 +124,17 @@ fn slurm_node() -> String {
         .to_string()
 }
 
+/// Whether a node state of `sinfo -o %T` can run jobs. Flags follow the state: `mixed-` (planned
+/// by the backfill scheduler), `idle*` (not responding) is not up.
+fn node_up(state: &str) -> bool {
+    let s = state.trim();
+    !s.ends_with('*')
+        && matches!(
+            s.trim_end_matches(|c: char| !c.is_ascii_alphabetic()),
+            "idle" | "mixed" | "allocated" | "completing" | "planned"
+        )
+}
+
 /// Whether a Slurm cluster answers; otherwise print why and skip (fail under CI=true).
 fn slurm_ready() -> bool {
     let why = match Command::new("sinfo").args(["-h", "-N", "-o", "%T"]).output() {
@@ -136,10 +147,7 @@ fn slurm_ready() -> bool {
         ),
         Ok(o) => {
             let states = String::from_utf8_lossy(&o.stdout).to_string();
-            if states
-                .lines()
-                .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"))
-            {
+            if states.lines().any(node_up) {
                 return true;
             }
             format!("no Slurm node is up (sinfo says {states:?}): run scripts/slurm-up.sh")
@@ -857,8 +865,7 @@ sleep_ms = 1000
             .args(["-h", "-N", "-o", "%T"])
             .output()
             .unwrap();
-        let s = String::from_utf8_lossy(&o.stdout);
-        matches!(s.trim(), "idle" | "mixed" | "allocated")
+        String::from_utf8_lossy(&o.stdout).lines().any(node_up)
     });
     let ra = finish(a.wait_with_output().unwrap());
     let rb = finish(b.wait_with_output().unwrap());
@@ -945,8 +952,13 @@ sleep_ms = 1000
         journal(&env.store).len() == 1
     });
     let (_, job, _) = journal(&env.store)[0].clone();
-    wait_for("the job running", Duration::from_secs(60), || {
-        squeue_state(&job) == "RUNNING"
+    // Running for real: its first epoch checkpointed (so its Slurm output file exists).
+    wait_for("an epoch checkpoint", Duration::from_secs(60), || {
+        std::fs::read_dir(env.store.join("resume"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("toy.ckpt").exists())
     });
     child.kill().unwrap();
     child.wait().unwrap();
