@@ -1408,3 +1408,30 @@ fn unix_now() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::JobInfo;
+
+    #[test]
+    fn job_info_takes_the_states_first_word_and_drops_placeholders() {
+        let i = JobInfo::new("CANCELLED by 0", "debug", "vm", "0:15", "None");
+        assert_eq!(i.state, "CANCELLED");
+        assert_eq!(i.detail, "CANCELLED by 0");
+        assert_eq!(i.partition.as_deref(), Some("debug"));
+        assert_eq!(i.host.as_deref(), Some("vm"));
+        assert_eq!(i.exit_code.as_deref(), Some("0:15"));
+        assert_eq!(i.reason, None);
+        let p = JobInfo::new("PENDING", "", "None assigned", "0:0", "Priority");
+        assert_eq!(
+            (p.state.as_str(), p.partition, p.host),
+            ("PENDING", None, None)
+        );
+        assert_eq!(p.reason.as_deref(), Some("Priority"));
+        // sacct marks truncated fields with `+`.
+        assert_eq!(
+            JobInfo::new("OUT_OF_MEMORY+", "", "", "", "").state,
+            "OUT_OF_MEMORY"
+        );
+    }
+}
