@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop what scripts/slurm-up.sh started, by the pids in the pid files (never by process name):
-# slurmd, slurmctld, munged. Safe to run when nothing is up.
+# slurmd, slurmctld, slurmdbd, MariaDB, munged. Safe to run when nothing is up.
 set -uo pipefail
 stop() {
     local pidfile=$1 pid
@@ -15,5 +15,7 @@ stop() {
 }
 stop /run/slurmd.pid
 stop /run/slurmctld.pid
+stop /run/slurmdbd.pid
+stop /run/mysqld/mysqld.pid
 stop /run/munge/munged.pid
 echo "slurm-down: stopped"

@@ -87,9 +87,14 @@ pub enum Command {
         /// Slurm jobs queued or running at once (default 100).
         #[arg(long, value_name = "N")]
         max_jobs: Option<usize>,
-        /// Seconds between two squeue calls (default 3; raise it on busy shared clusters).
+        /// Seconds between two job-state queries (one sacct or squeue call for all of the run's
+        /// jobs; default 3; raise it on busy shared clusters).
         #[arg(long, value_name = "SECONDS")]
         poll_interval: Option<f64>,
+        /// How Slurm job states are learned: sacct (needs accounting), squeue (+ scontrol and the
+        /// job's result file), or auto (sacct where accounting works, else squeue; the default).
+        #[arg(long, value_enum, value_name = "HOW")]
+        state_query: Option<crate::slurm::StateQuery>,
         /// Resubmit a Slurm job that ended without a result up to N times (training nodes resume
         /// from their last epoch checkpoint).
         #[arg(long, value_name = "N")]
@@ -289,6 +294,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             max_jobs,
             poll_interval,
             retries,
+            state_query,
         } => {
             let plan = frontend::load_on(&file, &set, device.as_deref())?;
             let ex = &plan.executor;
@@ -306,7 +312,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
                         .filter(|s| *s > 0.0)
                         .map_or(d.poll_interval, std::time::Duration::from_secs_f64),
                     retries: retries.or(ex.retries).unwrap_or(0),
-                    state_timeout: d.state_timeout,
+                    state_query: state_query
+                        .or_else(|| {
+                            ex.state_query
+                                .as_deref()
+                                .and_then(crate::slurm::StateQuery::parse)
+                        })
+                        .unwrap_or(d.state_query),
+                    unknown_state_timeout: ex
+                        .unknown_state_timeout
+                        .map_or(d.unknown_state_timeout, std::time::Duration::from_secs_f64),
                 }
             });
             let selection = frontend::select(&plan, &only, until.as_deref())?;
@@ -384,8 +399,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             let mut rows = crate::explain::status(&store, &plan, &all, &[])?;
             if !crate::slurm::journals(&root).is_empty() {
+                let states = crate::slurm::journal_states(&root);
                 for r in &mut rows {
-                    if let Some((id, state)) = crate::slurm::job_state(&root, &r.key) {
+                    if let Some((id, state)) = states.get(&r.key) {
                         r.reasons.push(format!("Slurm job {id} {state}"));
                     }
                 }

@@ -39,6 +39,10 @@ pub struct ExecutorSettings {
     pub poll_interval: Option<f64>,
     /// Resubmissions of a failed job (Slurm).
     pub retries: Option<u32>,
+    /// How job states are learned: `"auto"`, `"sacct"` or `"squeue"` (Slurm).
+    pub state_query: Option<String>,
+    /// Seconds a job's state may stay unknown before it is reported (Slurm).
+    pub unknown_state_timeout: Option<f64>,
 }
 
 /// What a node asks of a cluster (`resources = { ... }`): never part of the cache key.

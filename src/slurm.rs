@@ -21,9 +21,16 @@
 //!   result names (present with its size; re-hashed with `--verify`). A job that ends without a
 //!   result leaves no record: it is retried (`--retries`, resuming from its epoch checkpoint) or
 //!   reported failed with its Slurm state, job id and log.
-//! - One batched `squeue` call per poll for all jobs this coordinator watches; `scontrol show
-//!   job` only for a job that left the queue (no accounting needed). A job whose state cannot be
-//!   learned for `state_timeout` is reported, never waited on forever.
+//! - Job states: one batched query per poll for all jobs this coordinator watches. Where the
+//!   cluster has working accounting, `sacct -j <ids> --starttime=<earliest submission>` (it
+//!   still knows jobs the controller forgot); else `squeue -j <ids>` plus `scontrol show job` for
+//!   a job that left the queue, plus the job's own result file for one Slurm forgot (no
+//!   accounting needed). sacct lags sbatch by a moment: jobs it does not know yet are asked of
+//!   squeue in the same poll. A job whose state cannot be learned (no answer names it, no result
+//!   file) for `unknown_state_timeout` is reported, never waited on forever.
+//! - Jobs are submitted with `--no-requeue`: a job lost with its machine ends `NODE_FAIL` and
+//!   `--retries` (counted, logged, resuming from the last epoch checkpoint) decides what happens,
+//!   not Slurm's silent requeue.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,12 +55,44 @@ pub struct SlurmOptions {
     pub partition: Option<String>,
     /// Jobs queued or running at once.
     pub max_jobs: usize,
-    /// Time between two `squeue` calls.
+    /// Time between two job-state queries.
     pub poll_interval: Duration,
     /// Resubmissions of a job that ended without a result.
     pub retries: u32,
-    /// How long a job's state may stay unknown (squeue failing) before it is reported.
-    pub state_timeout: Duration,
+    /// How job states are learned.
+    pub state_query: StateQuery,
+    /// How long a job's state may stay unknown (no query names it or queries fail, and it left no
+    /// result file) before it is reported.
+    pub unknown_state_timeout: Duration,
+}
+
+/// `[executor] state_query` / `--state-query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateQuery {
+    /// sacct where the cluster's accounting works, else squeue.
+    Auto,
+    /// sacct only (an error at start where accounting does not work).
+    Sacct,
+    /// squeue + scontrol + the job's result file (needs no accounting).
+    Squeue,
+}
+
+impl StateQuery {
+    pub fn parse(s: &str) -> Option<StateQuery> {
+        match s {
+            "auto" => Some(StateQuery::Auto),
+            "sacct" => Some(StateQuery::Sacct),
+            "squeue" => Some(StateQuery::Squeue),
+            _ => None,
+        }
+    }
+}
+
+/// The method a coordinator uses (chosen once, at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Sacct,
+    Squeue,
 }
 
 impl Default for SlurmOptions {
@@ -63,7 +102,8 @@ impl Default for SlurmOptions {
             max_jobs: 100,
             poll_interval: Duration::from_secs(3),
             retries: 0,
-            state_timeout: Duration::from_secs(600),
+            state_query: StateQuery::Auto,
+            unknown_state_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -307,7 +347,14 @@ struct Job {
     submitted: Instant,
     submitted_unix: f64,
     started: Option<Instant>,
+    /// Slurm's state as last seen (for the debug log).
     state: String,
+    /// The machine(s) it runs on, once a query named them.
+    host: Option<String>,
+    /// Since when no query has named this job (and no result file exists).
+    unknown_since: Option<Instant>,
+    /// When the controller (squeue or scontrol, not accounting) last named this job.
+    confirmed: Instant,
     adopted: bool,
 }
 
@@ -335,7 +382,11 @@ pub struct Slurm {
     jobs: Vec<Job>,
     /// Results ready to hand back without polling (sbatch failures).
     done: Vec<(usize, Result<Record>)>,
-    squeue_failing_since: Option<Instant>,
+    method: Method,
+    /// When this coordinator started (the earliest `--starttime` sacct needs for its own jobs).
+    started_unix: f64,
+    /// A query failed at the last poll (warned once until it answers again).
+    query_failing: bool,
     last_poll: Option<Instant>,
     pub timings: Vec<JobTiming>,
 }
@@ -349,6 +400,19 @@ impl Slurm {
     ) -> Result<Slurm> {
         if let Some(why) = cluster_problem() {
             bail!("--executor slurm: {why}");
+        }
+        let (method, why) = choose_method(opts.state_query)?;
+        let every = opts.poll_interval.as_secs_f64();
+        match method {
+            Method::Sacct => tracing::info!(
+                "Slurm job states: sacct, one call every {every}s for all of this run's jobs \
+                 (--starttime at the earliest submission); {why}"
+            ),
+            Method::Squeue => tracing::info!(
+                "Slurm job states: squeue, one call every {every}s for all of this run's jobs, \
+                 scontrol for a job that left the queue, the result file for one Slurm forgot; \
+                 {why}"
+            ),
         }
         let exe = std::env::current_exe().context("locating the semiflow binary")?;
         let root = std::path::absolute(&store.root)
@@ -373,7 +437,9 @@ impl Slurm {
             run_id,
             jobs: Vec::new(),
             done: Vec::new(),
-            squeue_failing_since: None,
+            method,
+            started_unix: unix_now(),
+            query_failing: false,
             last_poll: None,
             timings: Vec::new(),
         })
@@ -416,9 +482,15 @@ impl Slurm {
                     attempt: j.attempt,
                     partition: j.partition,
                     submitted: Instant::now(),
-                    submitted_unix: unix_now(),
+                    // sacct's --starttime must reach back to the job's submission.
+                    submitted_unix: crate::timefmt::parse_rfc3339(&j.submitted)
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map_or(0.0, |d| d.as_secs_f64()),
                     started: None,
                     state: "ADOPTED".into(),
+                    host: None,
+                    unknown_since: None,
+                    confirmed: Instant::now(),
                     adopted: true,
                 });
                 return;
@@ -494,6 +566,9 @@ impl Slurm {
                     .display()
             ))
             .arg("--open-mode=append")
+            // semiflow's --retries decides about a job lost with its machine (`extra` may say
+            // --requeue: sbatch takes the last).
+            .arg("--no-requeue")
             .arg(format!("--chdir={}", self.root.display()));
         if let Some(p) = &partition {
             cmd.arg(format!("--partition={p}"));
@@ -568,6 +643,9 @@ impl Slurm {
             submitted_unix: unix_now(),
             started: None,
             state: "SUBMITTED".into(),
+            host: None,
+            unknown_since: None,
+            confirmed: Instant::now(),
             adopted: false,
         })
     }
@@ -614,64 +692,148 @@ impl Slurm {
         }
     }
 
-    /// One batched squeue for all watched jobs; finish those that ended.
+    /// The `--starttime` of this coordinator's sacct calls: its own start or its earliest
+    /// (adopted) job's submission, less 5 minutes for clocks that disagree.
+    fn since_unix(&self) -> f64 {
+        let earliest = self
+            .jobs
+            .iter()
+            .map(|j| j.submitted_unix)
+            .fold(self.started_unix, f64::min);
+        (earliest - 300.0).max(0.0)
+    }
+
+    /// One batched state query for all watched jobs; finish those that ended.
     fn poll(&mut self) -> Result<()> {
-        let ids: Vec<&str> = self.jobs.iter().map(|j| j.job_id.as_str()).collect();
-        let states = match squeue(&ids) {
-            Ok(s) => {
-                self.squeue_failing_since = None;
-                s
+        let ids: Vec<String> = self.jobs.iter().map(|j| j.job_id.clone()).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut answer = query_states(self.method, &refs, self.since_unix());
+        let problems = answer.problems();
+        match (&problems, self.query_failing) {
+            (Some(p), false) => {
+                let meanwhile = if answer.squeue_error.is_none() {
+                    " (squeue answers for the jobs in the queue meanwhile)"
+                } else {
+                    ""
+                };
+                tracing::warn!(
+                    "asking Slurm for job states failed ({p}); retrying every poll{meanwhile}"
+                );
+                self.query_failing = true;
             }
-            Err(e) => {
-                let since = *self.squeue_failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < self.opts.state_timeout {
-                    tracing::warn!("squeue failed ({e:#}); retrying");
-                    return Ok(());
-                }
-                // The states cannot be learned: report every job (results already written
-                // still commit).
-                for job in std::mem::take(&mut self.jobs) {
-                    let why = format!("state unknown for {:?} (squeue: {e:#})", since.elapsed());
-                    if let Some(r) = self.finish(job, "UNKNOWN", &why) {
-                        self.done.push(r);
+            (None, true) => {
+                tracing::info!("Slurm answers job-state queries again");
+                self.query_failing = false;
+            }
+            _ => {}
+        }
+        // Accounting can say RUNNING forever of a job the controller lost (a "runaway" job):
+        // once per timeout, ask the controller about the jobs only sacct vouches for.
+        let mut confirmed = std::collections::BTreeSet::new();
+        let mut runaway = BTreeMap::new();
+        let stale: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|j| j.confirmed.elapsed() >= self.opts.unknown_state_timeout)
+            .filter(|j| {
+                (answer.infos.get(&j.job_id)).is_some_and(|i| i.from_sacct && is_active(&i.state))
+            })
+            .map(|j| j.job_id.clone())
+            .collect();
+        if !stale.is_empty() {
+            let refs: Vec<&str> = stale.iter().map(String::as_str).collect();
+            if let Ok(live) = squeue(&refs) {
+                for id in stale {
+                    if live.contains_key(&id) || scontrol_info(&id).is_some() {
+                        confirmed.insert(id);
+                    } else if let Some(i) = answer.infos.remove(&id) {
+                        runaway.insert(id, i.detail);
                     }
                 }
-                return Ok(());
             }
-        };
+        }
         let mut still = Vec::new();
         for mut job in std::mem::take(&mut self.jobs) {
-            let (state, partition) = match states.get(&job.job_id) {
-                Some((s, p)) => (s.clone(), Some(p.clone())),
-                None => match scontrol_state(&job.job_id) {
-                    Some(s) => (s, None),
-                    // Gone from Slurm's memory: the result file (or its absence) decides.
-                    None => ("GONE".to_string(), None),
-                },
-            };
-            if job.partition.is_none() {
-                job.partition = partition;
-            }
-            if state != job.state {
-                tracing::debug!(
-                    "{}: Slurm job {} {state}",
-                    self.plan.nodes[job.i].name,
-                    job.job_id
-                );
-                job.state = state.clone();
-            }
-            if is_active(&state) {
-                if state != "PENDING" && job.started.is_none() {
+            let result_path = job_dir(&self.root, &job.key.hex).join("result.json");
+            let info = answer.infos.get(&job.job_id);
+            if let Some(info) = info {
+                if !info.from_sacct || confirmed.contains(&job.job_id) {
+                    job.confirmed = Instant::now();
+                }
+                if job.partition.is_none() {
+                    job.partition = info.partition.clone();
+                }
+                if info.host.is_some() {
+                    job.host = info.host.clone();
+                }
+                if info.detail != job.state {
+                    tracing::debug!(
+                        "{}: Slurm job {} {}",
+                        self.plan.nodes[job.i].name,
+                        job.job_id,
+                        info.detail
+                    );
+                    job.state = info.detail.clone();
+                }
+                if is_active(&info.state) {
+                    job.unknown_since = None;
+                    if info.state != "PENDING" && job.started.is_none() {
+                        job.started = Some(Instant::now());
+                    }
+                    still.push(job);
+                    continue;
+                }
+                if job.started.is_none() {
                     job.started = Some(Instant::now());
                 }
+                // COMPLETED: the worker exited 0, which it does only after writing its result;
+                // a result file not there yet is a shared filesystem lagging: wait for it (at
+                // most the unknown-state timeout).
+                if info.state != "COMPLETED" || result_path.exists() {
+                    let ending = Ending::Slurm(info.clone());
+                    if let Some(r) = self.finish(job, ending) {
+                        self.done.push(r);
+                    }
+                    continue;
+                }
+            } else if result_path.exists() {
+                // Slurm no longer knows the job (or cannot be asked): its result decides.
+                if let Some(r) = self.finish(job, Ending::Unknown(String::new())) {
+                    self.done.push(r);
+                }
+                continue;
+            }
+            let since = *job.unknown_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.opts.unknown_state_timeout {
                 still.push(job);
                 continue;
             }
-            if job.started.is_none() {
-                job.started = Some(Instant::now());
-            }
-            let why = format!("Slurm job {} ended {state}", job.job_id);
-            if let Some(r) = self.finish(job, &state, &why) {
+            let why = match info {
+                Some(info) => format!(
+                    "Slurm says it {}, but its result file {} never appeared: the store must be \
+                     on a filesystem every compute node shares, at the same path",
+                    info.detail,
+                    result_path.display()
+                ),
+                None => match &problems {
+                    _ if runaway.contains_key(&job.job_id) => format!(
+                        "sacct says it is {}, but the controller does not know it (a runaway job \
+                         in the accounting database: see `sacctmgr show runawayjobs`)",
+                        runaway[&job.job_id]
+                    ),
+                    Some(p) => format!("Slurm cannot be asked ({p})"),
+                    None if self.method == Method::Sacct => {
+                        "sacct has no record of it, and squeue and scontrol do not know it"
+                            .to_string()
+                    }
+                    None => "squeue and scontrol no longer know it (the controller forgets a \
+                             finished job after MinJobAge), and it left no result file; without \
+                             accounting nothing else records how it ended"
+                        .to_string(),
+                },
+            };
+            let why = format!("for {:.0}s: {why}", since.elapsed().as_secs_f64());
+            if let Some(r) = self.finish(job, Ending::Unknown(why)) {
                 self.done.push(r);
             }
         }
@@ -683,7 +845,7 @@ impl Slurm {
 
     /// A job left the queue: commit its result, or retry it, or report it. `None` when it was
     /// resubmitted (the new job is in `self.jobs`).
-    fn finish(&mut self, job: Job, state: &str, why: &str) -> Option<(usize, Result<Record>)> {
+    fn finish(&mut self, job: Job, ending: Ending) -> Option<(usize, Result<Record>)> {
         let node = self.plan.nodes[job.i].name.clone();
         let dir = job_dir(&self.root, &job.key.hex);
         let result_path = dir.join("result.json");
@@ -696,9 +858,19 @@ impl Slurm {
             return Some((job.i, r));
         }
         let log = slurm_log(&self.root, &job.key.hex, &job.job_id);
+        let host = match &ending {
+            Ending::Slurm(info) => info.host.clone(),
+            Ending::Unknown(_) => None,
+        }
+        .or_else(|| job.host.clone());
+        let on = host.map(|h| format!(" on {h}")).unwrap_or_default();
+        let what = match &ending {
+            Ending::Slurm(info) => format!("Slurm job {} ended {}{on}", job.job_id, info.detail),
+            Ending::Unknown(why) => format!("Slurm job {}: state unknown {why}", job.job_id),
+        };
         if job.attempt <= self.opts.retries && !CANCEL.load(Ordering::Relaxed) {
             tracing::warn!(
-                "{node}: {why} without a result (attempt {} of {}); log: {}; resubmitting",
+                "{node}: {what} without a result (attempt {} of {}); log: {}; resubmitting",
                 job.attempt,
                 self.opts.retries + 1,
                 log.display()
@@ -715,15 +887,42 @@ impl Slurm {
             }
         }
         let _ = std::fs::remove_file(dir.join("job.json"));
-        Some((
-            job.i,
-            Err(anyhow!(
-                "Slurm job {} (attempt {}) ended without a result: Slurm state {state}; log: {}",
+        let retry = if self.opts.retries == 0 {
+            "rerun (or run with --retries N) to resubmit it"
+        } else {
+            "rerun to resubmit it"
+        };
+        let err = match &ending {
+            Ending::Slurm(info) => {
+                let mut state = info.state.clone();
+                if info.detail != info.state {
+                    state = info.detail.clone();
+                }
+                // The exit code tells something only of a job that exited by itself.
+                let exit = match info.exit_code.as_deref() {
+                    Some(c) if info.state == "FAILED" && c != "0:0" => format!(", exit code {c}"),
+                    _ => String::new(),
+                };
+                anyhow!(
+                    "Slurm job {} (attempt {}) ended without a result: Slurm state {state}{on}{exit}; {}; log: {}",
+                    job.job_id,
+                    job.attempt,
+                    advice(&info.state, retry),
+                    log.display()
+                )
+            }
+            Ending::Unknown(why) => anyhow!(
+                "Slurm job {} (attempt {}): Slurm state UNKNOWN {why}; check `sacct -j {}` \
+                 (where the cluster has accounting), `scontrol show job {}` and the log, then \
+                 {retry}; log: {}",
                 job.job_id,
                 job.attempt,
+                job.job_id,
+                job.job_id,
                 log.display()
-            )),
-        ))
+            ),
+        };
+        Some((job.i, Err(err)))
     }
 
     /// Check the worker's blobs, then commit the record.
@@ -835,6 +1034,41 @@ impl Slurm {
     }
 }
 
+/// How a job left the watch list.
+enum Ending {
+    /// A query named its final state.
+    Slurm(JobInfo),
+    /// Nothing named it for the unknown-state timeout (why), or nothing names it and its result
+    /// file is there (empty).
+    Unknown(String),
+}
+
+/// What to do about a job that ended without a result in Slurm state `state`.
+fn advice(state: &str, retry: &str) -> String {
+    match state {
+        "FAILED" => "the job exited non-zero: its log says why".to_string(),
+        "TIMEOUT" => format!(
+            "it ran past its time limit: raise resources.time (a training node resumes from its \
+             last epoch checkpoint), then {retry}"
+        ),
+        "OUT_OF_MEMORY" => {
+            format!("it ran out of memory: raise resources.mem, then {retry}")
+        }
+        "NODE_FAIL" => format!(
+            "the machine it ran on failed: {retry} (a training node resumes from its last epoch \
+             checkpoint)"
+        ),
+        "BOOT_FAIL" => format!("its machine failed to boot: {retry}"),
+        "PREEMPTED" => format!(
+            "a job of higher priority preempted it: {retry} (a training node resumes from its \
+             last epoch checkpoint)"
+        ),
+        "CANCELLED" => format!("it was cancelled (scancel, or an administrator): {retry}"),
+        "DEADLINE" => format!("it hit its --deadline: {retry}"),
+        _ => format!("its log may say why; {retry}"),
+    }
+}
+
 /// Slurm states of jobs still queued or running.
 fn is_active(state: &str) -> bool {
     matches!(
@@ -856,15 +1090,204 @@ fn is_active(state: &str) -> bool {
     )
 }
 
-/// One batched `squeue` for `ids`: job id → (state, partition). Jobs Slurm no longer knows are
-/// absent.
-pub fn squeue(ids: &[&str]) -> Result<BTreeMap<String, (String, String)>> {
+/// What one query says about one job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobInfo {
+    /// The state's first word: `CANCELLED` of sacct's `CANCELLED by 0`.
+    pub state: String,
+    /// The state as Slurm wrote it.
+    pub detail: String,
+    pub partition: Option<String>,
+    /// The machine(s) it runs or ran on.
+    pub host: Option<String>,
+    /// `exit:signal`, where the query says.
+    pub exit_code: Option<String>,
+    pub reason: Option<String>,
+    /// Said by accounting (sacct), not by the controller.
+    pub from_sacct: bool,
+}
+
+impl JobInfo {
+    fn new(state: &str, partition: &str, host: &str, exit_code: &str, reason: &str) -> JobInfo {
+        let some = |s: &str| {
+            let s = s.trim();
+            (!s.is_empty() && !matches!(s, "None" | "None assigned" | "(null)" | "n/a"))
+                .then(|| s.to_string())
+        };
+        let detail = state.trim().trim_end_matches('+').to_string();
+        JobInfo {
+            state: detail.split_whitespace().next().unwrap_or("").to_string(),
+            detail,
+            partition: some(partition),
+            host: some(host),
+            exit_code: some(exit_code),
+            reason: some(reason),
+            from_sacct: false,
+        }
+    }
+}
+
+/// The cluster's accounting: `Ok(AccountingStorageType)` where `sacct` answers, else why not.
+fn accounting() -> Result<String, String> {
+    let o = Command::new("scontrol")
+        .args(["show", "config"])
+        .output()
+        .map_err(|e| format!("`scontrol show config` cannot run ({e})"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "`scontrol show config` failed ({})",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    let storage = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "AccountingStorageType").then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    if storage.is_empty() || storage == "accounting_storage/none" {
+        return Err(format!(
+            "no accounting (AccountingStorageType = {})",
+            if storage.is_empty() {
+                "unset"
+            } else {
+                &storage
+            }
+        ));
+    }
+    // Configured is not working: slurmdbd may be down, or sacct restricted.
+    match sacct(&["1"], unix_now() - 60.0) {
+        Ok(_) => Ok(storage),
+        Err(e) => Err(format!(
+            "AccountingStorageType = {storage}, but sacct fails ({e:#})"
+        )),
+    }
+}
+
+/// The method for `want`, and why (for the log line at start).
+pub fn choose_method(want: StateQuery) -> Result<(Method, String)> {
+    Ok(match want {
+        StateQuery::Squeue => (Method::Squeue, "as asked (state_query = \"squeue\")".into()),
+        StateQuery::Sacct => match accounting() {
+            Ok(s) => (
+                Method::Sacct,
+                format!("as asked (state_query = \"sacct\"; AccountingStorageType = {s})"),
+            ),
+            Err(why) => bail!(
+                "state_query = \"sacct\", but this cluster has {why}: use state_query = \
+                 \"squeue\" (or \"auto\") where accounting does not work"
+            ),
+        },
+        StateQuery::Auto => match accounting() {
+            Ok(s) => (
+                Method::Sacct,
+                format!("accounting works (AccountingStorageType = {s})"),
+            ),
+            Err(why) => (Method::Squeue, why),
+        },
+    })
+}
+
+/// What one poll learned.
+#[derive(Default)]
+struct Answer {
+    infos: BTreeMap<String, JobInfo>,
+    sacct_error: Option<String>,
+    squeue_error: Option<String>,
+}
+
+impl Answer {
+    fn problems(&self) -> Option<String> {
+        let p: Vec<String> = [("sacct", &self.sacct_error), ("squeue", &self.squeue_error)]
+            .into_iter()
+            .filter_map(|(what, e)| e.as_ref().map(|e| format!("{what}: {e}")))
+            .collect();
+        (!p.is_empty()).then(|| p.join("; "))
+    }
+}
+
+/// The states of `ids`: one `sacct` call (method sacct), then one `squeue` call for the jobs
+/// sacct does not name (it lags sbatch by a moment; or every job, method squeue), then
+/// `scontrol show job` for each job neither names.
+fn query_states(method: Method, ids: &[&str], since_unix: f64) -> Answer {
+    let mut a = Answer::default();
+    let mut missing: Vec<&str> = ids.to_vec();
+    if method == Method::Sacct {
+        match sacct(ids, since_unix) {
+            Ok(m) => {
+                a.infos = m;
+                missing.retain(|id| !a.infos.contains_key(*id));
+            }
+            Err(e) => a.sacct_error = Some(format!("{e:#}")),
+        }
+    }
+    if !missing.is_empty() {
+        match squeue(&missing) {
+            Ok(m) => {
+                for id in missing {
+                    let info = match m.get(id) {
+                        // squeue has no exit code: ask scontrol once, as the job ends.
+                        Some(i) if !is_active(&i.state) => scontrol_info(id)
+                            .filter(|s| s.state == i.state)
+                            .unwrap_or_else(|| i.clone()),
+                        Some(i) => i.clone(),
+                        None => match scontrol_info(id) {
+                            Some(i) => i,
+                            None => continue,
+                        },
+                    };
+                    a.infos.insert(id.to_string(), info);
+                }
+            }
+            Err(e) => a.squeue_error = Some(format!("{e:#}")),
+        }
+    }
+    a
+}
+
+/// One batched `sacct` for `ids`: job id → state. `since_unix` goes to `--starttime` (in UTC):
+/// sacct looks only at jobs that existed after it, and without it at today's only.
+pub fn sacct(ids: &[&str], since_unix: f64) -> Result<BTreeMap<String, JobInfo>> {
+    let mut out = BTreeMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let since = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(since_unix.max(0.0));
+    let since = crate::timefmt::rfc3339(since);
+    let o = Command::new("sacct")
+        .env("TZ", "UTC")
+        .args(["-X", "-n", "-P"])
+        .arg("--format=JobIDRaw,State,ExitCode,Partition,NodeList,Reason")
+        .arg(format!("--starttime={}", since.trim_end_matches('Z')))
+        .arg("-j")
+        .arg(ids.join(","))
+        .output()
+        .context("running sacct")?;
+    if !o.status.success() {
+        bail!("{}", String::from_utf8_lossy(&o.stderr).trim());
+    }
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        if f.len() >= 6 && !f[0].trim().is_empty() {
+            let info = JobInfo {
+                from_sacct: true,
+                ..JobInfo::new(f[1], f[3], f[4], f[2], f[5])
+            };
+            out.insert(f[0].trim().to_string(), info);
+        }
+    }
+    Ok(out)
+}
+
+/// One batched `squeue` for `ids`. Jobs Slurm no longer knows are absent.
+pub fn squeue(ids: &[&str]) -> Result<BTreeMap<String, JobInfo>> {
     let mut out = BTreeMap::new();
     if ids.is_empty() {
         return Ok(out);
     }
     let o = Command::new("squeue")
-        .args(["-h", "-t", "all", "-o", "%i|%T|%P", "-j"])
+        .args(["-h", "-t", "all", "-o", "%i|%T|%P|%N|%r", "-j"])
         .arg(ids.join(","))
         .output()
         .context("running squeue")?;
@@ -874,22 +1297,22 @@ pub fn squeue(ids: &[&str]) -> Result<BTreeMap<String, (String, String)>> {
         if stderr.contains("Invalid job id") {
             return Ok(out);
         }
-        bail!("squeue: {}", stderr.trim());
+        bail!("{}", stderr.trim());
     }
     for line in String::from_utf8_lossy(&o.stdout).lines() {
-        let mut parts = line.split('|');
-        if let (Some(id), Some(state), Some(part)) = (parts.next(), parts.next(), parts.next()) {
+        let f: Vec<&str> = line.split('|').collect();
+        if f.len() >= 5 && !f[0].trim().is_empty() {
             out.insert(
-                id.trim().to_string(),
-                (state.trim().to_string(), part.trim().to_string()),
+                f[0].trim().to_string(),
+                JobInfo::new(f[1], f[2], f[3], "", f[4]),
             );
         }
     }
     Ok(out)
 }
 
-/// The final state of a job that left the queue (`scontrol show job`), if Slurm still knows it.
-fn scontrol_state(id: &str) -> Option<String> {
+/// The state of a job that left the queue (`scontrol show job`), if Slurm still knows it.
+fn scontrol_info(id: &str) -> Option<JobInfo> {
     let o = Command::new("scontrol")
         .args(["show", "job", "-o", id])
         .output()
@@ -898,20 +1321,69 @@ fn scontrol_state(id: &str) -> Option<String> {
         return None;
     }
     let text = String::from_utf8_lossy(&o.stdout);
-    text.split_whitespace()
-        .find_map(|w| w.strip_prefix("JobState="))
-        .map(String::from)
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("")
+    };
+    let state = field("JobState");
+    (!state.is_empty()).then(|| {
+        JobInfo::new(
+            state,
+            field("Partition"),
+            field("NodeList"),
+            field("ExitCode"),
+            field("Reason"),
+        )
+    })
 }
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Job id and Slurm state of every journaled job, by key (for `semiflow status`): squeue for the
+/// jobs in the queue (sacct lags it by a moment), sacct (where accounting works) and scontrol
+/// for the others.
+pub fn journal_states(store: &Path) -> BTreeMap<String, (String, String)> {
+    let journals = journals(store);
+    let ids: Vec<&str> = journals.iter().map(|j| j.job_id.as_str()).collect();
+    let since = journals
+        .iter()
+        .filter_map(|j| crate::timefmt::parse_rfc3339(&j.submitted))
+        .filter_map(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+        .fold(unix_now(), f64::min)
+        - 300.0;
+    let mut infos = squeue(&ids).unwrap_or_default();
+    let gone: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !infos.contains_key(*id))
+        .collect();
+    if !gone.is_empty() {
+        let method = if accounting().is_ok() {
+            Method::Sacct
+        } else {
+            Method::Squeue
+        };
+        infos.extend(query_states(method, &gone, since).infos);
+    }
+    journals
+        .iter()
+        .map(|j| {
+            let state = infos
+                .get(&j.job_id)
+                .map_or_else(|| "UNKNOWN".to_string(), |i| i.detail.clone());
+            (j.key.clone(), (j.job_id.clone(), state))
+        })
+        .collect()
+}
+
 /// `semiflow status` while a run holds the store: the journaled jobs with their Slurm states.
 pub fn print_journal(store: &Path) -> Result<usize> {
     let journals = journals(store);
-    let ids: Vec<&str> = journals.iter().map(|j| j.job_id.as_str()).collect();
-    let states = squeue(&ids).unwrap_or_default();
+    let states = journal_states(store);
     let w = journals
         .iter()
         .map(|j| j.node.len())
@@ -919,11 +1391,7 @@ pub fn print_journal(store: &Path) -> Result<usize> {
         .unwrap_or(4)
         .max(4);
     for j in &journals {
-        let state = states
-            .get(&j.job_id)
-            .map(|(s, _)| s.clone())
-            .or_else(|| scontrol_state(&j.job_id))
-            .unwrap_or_else(|| "UNKNOWN".into());
+        let state = states.get(&j.key).map_or("UNKNOWN", |(_, s)| s.as_str());
         println!(
             "{:<w$}  job {:<8} {:<10} {}",
             j.node,
@@ -935,20 +1403,35 @@ pub fn print_journal(store: &Path) -> Result<usize> {
     Ok(journals.len())
 }
 
-/// Job id and Slurm state of `key`'s journaled job, if any (for `semiflow status`).
-pub fn job_state(store: &Path, key: &str) -> Option<(String, String)> {
-    let bytes = std::fs::read(job_dir(store, key).join("job.json")).ok()?;
-    let j: Journal = serde_json::from_slice(&bytes).ok()?;
-    let state = squeue(&[&j.job_id])
-        .ok()
-        .and_then(|m| m.get(&j.job_id).map(|(s, _)| s.clone()))
-        .or_else(|| scontrol_state(&j.job_id))
-        .unwrap_or_else(|| "UNKNOWN".into());
-    Some((j.job_id, state))
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobInfo;
+
+    #[test]
+    fn job_info_takes_the_states_first_word_and_drops_placeholders() {
+        let i = JobInfo::new("CANCELLED by 0", "debug", "vm", "0:15", "None");
+        assert_eq!(i.state, "CANCELLED");
+        assert_eq!(i.detail, "CANCELLED by 0");
+        assert_eq!(i.partition.as_deref(), Some("debug"));
+        assert_eq!(i.host.as_deref(), Some("vm"));
+        assert_eq!(i.exit_code.as_deref(), Some("0:15"));
+        assert_eq!(i.reason, None);
+        let p = JobInfo::new("PENDING", "", "None assigned", "0:0", "Priority");
+        assert_eq!(
+            (p.state.as_str(), p.partition, p.host),
+            ("PENDING", None, None)
+        );
+        assert_eq!(p.reason.as_deref(), Some("Priority"));
+        // sacct marks truncated fields with `+`.
+        assert_eq!(
+            JobInfo::new("OUT_OF_MEMORY+", "", "", "", "").state,
+            "OUT_OF_MEMORY"
+        );
+    }
 }

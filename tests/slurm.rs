@@ -7,9 +7,133 @@ mod engine_support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use engine_support::{finish, Env, Run, PIPELINE};
+
+/// Tests that take the cluster's only node down hold this for writing; every other test holds it
+/// for reading, so none of its jobs is killed by another test.
+static CLUSTER: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    CLUSTER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    CLUSTER.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// `scontrol show config`'s value of `key`.
+fn slurm_config(key: &str) -> String {
+    let o = Command::new("scontrol")
+        .args(["show", "config"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the cluster has working accounting (`scripts/slurm-up.sh` brings it up where slurmdbd
+/// and mariadb-server are installed); otherwise print why and skip the sacct parts (fail under
+/// CI=true, where .ci/run brings it up).
+fn accounting_ready() -> bool {
+    let storage = slurm_config("AccountingStorageType");
+    let why = if storage.is_empty() || storage == "accounting_storage/none" {
+        format!("no accounting (AccountingStorageType = {storage:?}): apt-get install slurmdbd mariadb-server, then scripts/slurm-up.sh --accounting")
+    } else {
+        match Command::new("sacct").args(["-n", "-X", "-j", "1"]).output() {
+            Ok(o) if o.status.success() => return true,
+            Ok(o) => format!("sacct fails: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => format!("sacct cannot run: {e}"),
+        }
+    };
+    if under_ci() {
+        panic!("Slurm accounting tests cannot be skipped under CI=true: {why}");
+    }
+    eprintln!("SKIPPED (the sacct part of a Slurm test): {why}");
+    false
+}
+
+/// The method line the coordinator logs at start: `sacct` or `squeue`.
+fn method_of(r: &Run) -> &'static str {
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("Slurm job states: "))
+        .unwrap_or_else(|| panic!("no state-method line:\n{}", r.stderr));
+    if line.contains("Slurm job states: sacct") {
+        "sacct"
+    } else if line.contains("Slurm job states: squeue") {
+        "squeue"
+    } else {
+        panic!("{line}")
+    }
+}
+
+/// The method a default (`auto`) run must pick here.
+fn auto_method() -> &'static str {
+    if accounting_ready() {
+        "sacct"
+    } else {
+        "squeue"
+    }
+}
+
+/// The failure line of `node` in a run's stderr, up to the end of the message.
+fn failure_line(r: &Run, node: &str) -> String {
+    r.stderr
+        .lines()
+        .find(|l| l.contains(&format!("node {node} failed")))
+        .unwrap_or_else(|| panic!("no failure line for {node}:\n{}", r.stderr))
+        .to_string()
+}
+
+/// The Slurm log path a failure line names (`...; log: PATH`).
+fn log_named(line: &str) -> PathBuf {
+    let p = line
+        .split("log: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no log in {line}"))
+        .split_whitespace()
+        .next()
+        .unwrap();
+    PathBuf::from(p)
+}
+
+/// The name of the cluster's node.
+fn slurm_node() -> String {
+    let o = Command::new("sinfo")
+        .args(["-h", "-N", "-o", "%N"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Whether a node state of `sinfo -o %T` can run jobs. Flags follow the state: `mixed-` (planned
+/// by the backfill scheduler), `idle*` (not responding) is not up.
+fn node_up(state: &str) -> bool {
+    let s = state.trim();
+    !s.ends_with('*')
+        && matches!(
+            s.trim_end_matches(|c: char| !c.is_ascii_alphabetic()),
+            "idle" | "mixed" | "allocated" | "completing" | "planned"
+        )
+}
 
 /// Whether a Slurm cluster answers; otherwise print why and skip (fail under CI=true).
 fn slurm_ready() -> bool {
@@ -23,16 +147,13 @@ fn slurm_ready() -> bool {
         ),
         Ok(o) => {
             let states = String::from_utf8_lossy(&o.stdout).to_string();
-            if states
-                .lines()
-                .any(|s| matches!(s.trim(), "idle" | "mixed" | "allocated" | "completing"))
-            {
+            if states.lines().any(node_up) {
                 return true;
             }
             format!("no Slurm node is up (sinfo says {states:?}): run scripts/slurm-up.sh")
         }
     };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if under_ci() {
         panic!("Slurm tests cannot be skipped under CI=true: {why}");
     }
     eprintln!("SKIPPED (Slurm executor test): {why}");
@@ -106,17 +227,28 @@ fn toy_pipeline_through_slurm_matches_local_and_caches() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let nodes = ["pre", "ft", "other", "eval"];
     let local = Env::new();
     let f = local.write("p.toml", PIPELINE);
     local.run(&["run", f.to_str().unwrap(), "-j", "2"]).ok();
 
+    // The default method (sacct where accounting works) and squeue, at the same time.
     let env = Env::new();
     let f = env.write("p.toml", PIPELINE);
-    let r = slurm_run(&env, &f, &[]).ok();
+    let sq = Env::new();
+    let sqf = sq.write("p.toml", PIPELINE);
+    let (r, rs) = std::thread::scope(|s| {
+        let other = s.spawn(|| slurm_run(&sq, &sqf, &["--state-query", "squeue"]).ok());
+        (slurm_run(&env, &f, &[]).ok(), other.join().unwrap())
+    });
     assert_eq!(r.summary(), (4, 4, 0, 0), "{}", r.stderr);
     assert_eq!(count(&r.stderr, "submitted Slurm job"), 4, "{}", r.stderr);
+    assert_eq!(method_of(&r), auto_method(), "{}", r.stderr);
     assert_eq!(artifacts(&env, &nodes), artifacts(&local, &nodes));
+    assert_eq!(rs.summary(), (4, 4, 0, 0), "{}", rs.stderr);
+    assert_eq!(method_of(&rs), "squeue", "{}", rs.stderr);
+    assert_eq!(artifacts(&sq, &nodes), artifacts(&local, &nodes));
 
     // Provenance names the executor, the job, the host and the partition.
     let rec = env.record("eval");
@@ -149,6 +281,7 @@ fn executor_table_and_resources_are_not_part_of_the_key() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let text = format!(
         "{PIPELINE}\n[executor]\nkind = \"slurm\"\npoll_interval = 0.2\nmax_jobs = 1\n\n[defaults.toy-train]\nresources = {{ cpus = 1, mem = \"100M\", time = \"5m\" }}\n"
     );
@@ -178,6 +311,24 @@ fn executor_table_and_resources_are_not_part_of_the_key() {
     ]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("resources.time"), "{}", r.stderr);
+    // So are bad executor keys, at their line and column.
+    let bad = env.write(
+        "bad.toml",
+        &format!(
+            "{PIPELINE}\n[executor]\nstate_query = \"magic\"\nunknown_state_timeout = \"soon\"\n"
+        ),
+    );
+    let r = env.run(&["validate", bad.to_str().unwrap()]);
+    assert_ne!(r.code, 0);
+    let lines = PIPELINE.lines().count() + 3;
+    for (key, line) in [("state_query", lines), ("unknown_state_timeout", lines + 1)] {
+        assert!(
+            r.stderr.contains(&format!("bad.toml:{line}:"))
+                && r.stderr.contains(&format!("executor.{key}")),
+            "{key}:\n{}",
+            r.stderr
+        );
+    }
 }
 
 #[test]
@@ -185,6 +336,7 @@ fn real_kinds_through_slurm_give_the_local_hashes() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny");
     let text = format!(
         r#"
@@ -248,6 +400,7 @@ fn failed_and_timed_out_jobs_are_reported_and_block_descendants() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let text = r#"
 [pipeline]
 name = "faults"
@@ -275,51 +428,50 @@ from = "slow"
 kind = "toy-train"
 epochs = 2
 "#;
+    // The default method (sacct where accounting works) and squeue, at the same time: the same
+    // reports.
     let env = Env::new();
     let f = env.write("p.toml", text);
+    let sq = Env::new();
+    let sqf = sq.write("p.toml", text);
     let t = Instant::now();
-    let r = slurm_run(&env, &f, &[]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert_eq!(r.summary(), (5, 1, 0, 2), "{}", r.stderr);
+    let (r, rs) = std::thread::scope(|s| {
+        let other = s.spawn(|| slurm_run(&sq, &sqf, &["--state-query", "squeue"]));
+        (slurm_run(&env, &f, &[]), other.join().unwrap())
+    });
     assert!(t.elapsed() < Duration::from_secs(240), "{:?}", t.elapsed());
-    let line = |node: &str| {
-        r.stderr
-            .lines()
-            .find(|l| l.contains(&format!("node {node} failed")))
-            .unwrap_or_else(|| panic!("no failure line for {node}:\n{}", r.stderr))
-            .to_string()
-    };
-    let bad = line("bad");
-    assert!(bad.contains("Slurm state FAILED"), "{bad}");
-    let slow = line("slow");
-    assert!(slow.contains("Slurm state TIMEOUT"), "{slow}");
-    for l in [&bad, &slow] {
-        assert!(l.contains("job "), "{l}");
+    assert_eq!(method_of(&r), auto_method(), "{}", r.stderr);
+    assert_eq!(method_of(&rs), "squeue", "{}", rs.stderr);
+    for (env, r) in [(&env, &r), (&sq, &rs)] {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.summary(), (5, 1, 0, 2), "{}", r.stderr);
+        let bad = failure_line(r, "bad");
+        assert!(bad.contains("Slurm state FAILED on "), "{bad}");
+        assert!(bad.contains("exit code 1:0"), "{bad}");
+        let slow = failure_line(r, "slow");
+        assert!(slow.contains("Slurm state TIMEOUT on "), "{slow}");
+        assert!(slow.contains("raise resources.time"), "{slow}");
+        for l in [&bad, &slow] {
+            assert!(l.contains("Slurm job "), "{l}");
+        }
+        // Each report names the job's log, which exists and tells why.
+        let bad_log = std::fs::read_to_string(log_named(&bad)).unwrap();
+        assert!(bad_log.contains("failing at epoch 1"), "{bad_log}");
+        let slow_log = std::fs::read_to_string(log_named(&slow)).unwrap();
+        assert!(slow_log.contains("TIME LIMIT"), "{slow_log}");
+        assert!(r.stderr.contains("blocked: bad_child"), "{}", r.stderr);
+        assert!(r.stderr.contains("blocked: slow_child"), "{}", r.stderr);
+        assert_eq!(r.built(), vec!["good".to_string()]);
+        for n in ["bad", "slow", "bad_child"] {
+            assert_ne!(env.run(&["show", n]).code, 0, "{n} has a record");
+        }
+        assert!(journal(&env.store).is_empty());
     }
-    // Each report names the job's log, which exists and tells why.
-    let log_of = |node: &str| -> PathBuf {
-        let at = r.stderr.find(&format!("node {node} failed")).unwrap();
-        let rest = &r.stderr[at..];
-        let p = rest
-            .split("log: ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        PathBuf::from(p)
-    };
-    let bad_log = std::fs::read_to_string(log_of("bad")).unwrap();
-    assert!(bad_log.contains("failing at epoch 1"), "{bad_log}");
-    let slow_log = std::fs::read_to_string(log_of("slow")).unwrap();
-    assert!(slow_log.contains("TIME LIMIT"), "{slow_log}");
-    assert!(r.stderr.contains("blocked: bad_child"), "{}", r.stderr);
-    assert!(r.stderr.contains("blocked: slow_child"), "{}", r.stderr);
-    assert_eq!(r.built(), vec!["good".to_string()]);
-    for n in ["bad", "slow", "bad_child"] {
-        assert_ne!(env.run(&["show", n]).code, 0, "{n} has a record");
-    }
-    assert!(journal(&env.store).is_empty());
+    assert_eq!(
+        artifacts(&env, &["good"]),
+        artifacts(&sq, &["good"]),
+        "the two methods built different bits"
+    );
 }
 
 #[test]
@@ -327,6 +479,7 @@ fn scancel_mid_run_then_retry_resumes_bit_identical() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let text = r#"
 [pipeline]
 name = "retry"
@@ -397,6 +550,7 @@ fn coordinator_killed_with_kill_9_adopts_its_jobs() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let text = r#"
 [pipeline]
 name = "adopt"
@@ -479,6 +633,7 @@ fn worker_killed_before_its_manifest_commits_nothing() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let env = Env::new();
     let f = env.write("p.toml", PIPELINE);
     // The worker aborts after its blobs are in objects/, before result.json.
@@ -503,6 +658,7 @@ fn ctrl_c_cancels_the_submitted_jobs() {
     if !slurm_ready() {
         return;
     }
+    let _cluster = shared();
     let text = r#"
 [pipeline]
 name = "interrupt"
@@ -555,4 +711,345 @@ sleep_ms = 1000
         s == "CANCELLED" || s.is_empty()
     });
     assert!(journal(&env.store).is_empty());
+}
+
+#[test]
+fn out_of_memory_is_reported_with_slurms_state_and_retried() {
+    if !slurm_ready() {
+        return;
+    }
+    let _cluster = shared();
+    // `hog` holds 300 MB under a 100 MB limit; `fits` runs under the same limit.
+    let text = r#"
+[pipeline]
+name = "oom"
+
+[nodes.hog]
+kind = "toy-train"
+epochs = 2
+alloc_mb = 300
+resources = { mem = "100M" }
+
+[nodes.fits]
+kind = "toy-train"
+epochs = 2
+resources = { mem = "100M" }
+"#;
+    // Slurm reports OUT_OF_MEMORY where its cgroup plugin enforces the limit (scripts/slurm-up.sh
+    // sets it up where a cgroup v1 memory controller exists, as on this project's machines);
+    // with slurmstepd's sampling (OverMemoryKill) the job ends FAILED.
+    let cgroup = slurm_config("TaskPlugin").contains("task/cgroup");
+    if under_ci() {
+        assert!(cgroup, "CI's cluster enforces memory with task/cgroup");
+    }
+    let state = if cgroup { "OUT_OF_MEMORY" } else { "FAILED" };
+    let env = Env::new();
+    let f = env.write("p.toml", text);
+    let sq = Env::new();
+    let sqf = sq.write("p.toml", text);
+    let (r, rs) = std::thread::scope(|s| {
+        let other =
+            s.spawn(|| slurm_run(&sq, &sqf, &["--retries", "1", "--state-query", "squeue"]));
+        (
+            slurm_run(&env, &f, &["--retries", "1"]),
+            other.join().unwrap(),
+        )
+    });
+    assert_eq!(method_of(&r), auto_method(), "{}", r.stderr);
+    assert_eq!(method_of(&rs), "squeue", "{}", rs.stderr);
+    for r in [&r, &rs] {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.summary(), (2, 1, 0, 1), "{}", r.stderr);
+        assert_eq!(r.built(), vec!["fits".to_string()]);
+        // The first job ended with Slurm's state and was resubmitted once; the second is
+        // reported with its state, its job id, what to do, and its log.
+        let first = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("hog: Slurm job ") && l.contains("resubmitting"))
+            .unwrap_or_else(|| panic!("no resubmission:\n{}", r.stderr));
+        assert!(first.contains(&format!(" ended {state} on ")), "{first}");
+        assert!(first.contains("(attempt 1 of 2)"), "{first}");
+        assert!(r.stderr.contains("(attempt 2)"), "{}", r.stderr);
+        let line = failure_line(r, "hog");
+        assert!(line.contains("(attempt 2)"), "{line}");
+        assert!(line.contains(&format!("Slurm state {state} on ")), "{line}");
+        if cgroup {
+            assert!(line.contains("raise resources.mem"), "{line}");
+        }
+        let log = std::fs::read_to_string(log_named(&line)).unwrap();
+        assert!(
+            log.contains("oom-kill") || log.contains("exceeded memory limit"),
+            "{log}"
+        );
+    }
+    assert_eq!(artifacts(&env, &["fits"]), artifacts(&sq, &["fits"]));
+}
+
+#[test]
+fn node_failure_is_reported_and_retried_once_the_node_is_back() {
+    if !slurm_ready() {
+        return;
+    }
+    // Takes the only node down: no other test's job may be running.
+    let _cluster = exclusive();
+    let text = r#"
+[pipeline]
+name = "nodefail"
+
+[nodes.train]
+kind = "toy-train"
+epochs = 6
+sleep_ms = 1000
+"#;
+    let local = Env::new();
+    let lf = local.write("p.toml", text);
+    local.run(&["run", lf.to_str().unwrap()]).ok();
+
+    // Two coordinators: `retry` (default method, --retries 1) and `once` (squeue, no retries).
+    let retry = Env::new();
+    let rf = retry.write("p.toml", text);
+    let once = Env::new();
+    let of = once.write("p.toml", text);
+    let spawn = |env: &Env, f: &Path, extra: &[&str]| {
+        let mut args = vec!["run", f.to_str().unwrap()];
+        args.extend_from_slice(FAST);
+        args.extend_from_slice(extra);
+        env.cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(&retry, &rf, &["--retries", "1"]);
+    let b = spawn(&once, &of, &["--state-query", "squeue"]);
+    let job_of = |env: &Env| {
+        wait_for("the job", Duration::from_secs(60), || {
+            journal(&env.store).len() == 1
+        });
+        journal(&env.store)[0].1.clone()
+    };
+    let (ja, jb) = (job_of(&retry), job_of(&once));
+    wait_for("both jobs running", Duration::from_secs(60), || {
+        squeue_state(&ja) == "RUNNING" && squeue_state(&jb) == "RUNNING"
+    });
+    // `retry` has a checkpoint to resume from.
+    wait_for("an epoch checkpoint", Duration::from_secs(60), || {
+        std::fs::read_dir(retry.store.join("resume"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("toy.ckpt").exists())
+    });
+    let node = slurm_node();
+    let down = Command::new("scontrol")
+        .args([
+            "update",
+            &format!("nodename={node}"),
+            "state=down",
+            "reason=semiflow-test",
+        ])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    wait_for("both jobs NODE_FAIL", Duration::from_secs(60), || {
+        squeue_state(&ja) == "NODE_FAIL" && squeue_state(&jb) == "NODE_FAIL"
+    });
+    // Bring the node back (ReturnToService=2 may already have: then `resume` is refused).
+    let _ = Command::new("scontrol")
+        .args(["update", &format!("nodename={node}"), "state=resume"])
+        .stderr(Stdio::null())
+        .status();
+    wait_for("the node back", Duration::from_secs(60), || {
+        let o = Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%T"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().any(node_up)
+    });
+    let ra = finish(a.wait_with_output().unwrap());
+    let rb = finish(b.wait_with_output().unwrap());
+    assert_eq!(method_of(&ra), auto_method(), "{}", ra.stderr);
+    assert_eq!(method_of(&rb), "squeue", "{}", rb.stderr);
+
+    // Without retries: reported with the state, the job, the machine, what to do, the log.
+    assert_eq!(rb.code, 1, "{}", rb.stderr);
+    let line = failure_line(&rb, "train");
+    assert!(
+        line.contains(&format!("Slurm job {jb} (attempt 1)")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("Slurm state NODE_FAIL on {node}")),
+        "{line}"
+    );
+    assert!(line.contains("the machine it ran on failed"), "{line}");
+    assert!(line.contains("--retries"), "{line}");
+    let log = std::fs::read_to_string(log_named(&line)).unwrap();
+    assert!(log.contains("NODE FAILURE"), "{log}");
+    assert!(journal(&once.store).is_empty());
+
+    // With --retries 1: resubmitted, resumed from the checkpoint, the local bits.
+    assert_eq!(ra.code, 0, "{}", ra.stderr);
+    assert!(
+        ra.stderr
+            .contains(&format!("Slurm job {ja} ended NODE_FAIL on {node}")),
+        "{}",
+        ra.stderr
+    );
+    assert!(ra.stderr.contains("resubmitting"), "{}", ra.stderr);
+    assert!(ra.stderr.contains("(attempt 2)"), "{}", ra.stderr);
+    let log = retry.run(&["log", "train"]).ok();
+    assert!(
+        log.stdout.contains("resuming from epoch checkpoint"),
+        "{}",
+        log.stdout
+    );
+    assert_ne!(
+        retry.record("train")["provenance"]["job_id"]
+            .as_str()
+            .unwrap(),
+        ja
+    );
+    assert_eq!(artifacts(&retry, &["train"]), artifacts(&local, &["train"]));
+}
+
+#[test]
+fn a_job_slurm_forgot_is_reported_after_the_unknown_state_timeout() {
+    if !slurm_ready() {
+        return;
+    }
+    let _cluster = shared();
+    let text = |timeout: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "lost"
+
+[executor]
+unknown_state_timeout = "{timeout}"
+
+[nodes.lost]
+kind = "toy-train"
+epochs = 60
+sleep_ms = 1000
+"#
+        )
+    };
+    let env = Env::new();
+    let f = env.write("p.toml", &text("3s"));
+    // A coordinator submits the job and is killed with kill -9; the job is cancelled (it leaves
+    // no result) and the controller forgets it (MinJobAge).
+    let mut args = vec!["run", f.to_str().unwrap()];
+    args.extend_from_slice(FAST);
+    let mut child = env
+        .cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the job", Duration::from_secs(60), || {
+        journal(&env.store).len() == 1
+    });
+    let (_, job, _) = journal(&env.store)[0].clone();
+    // Running for real: its first epoch checkpointed (so its Slurm output file exists).
+    wait_for("an epoch checkpoint", Duration::from_secs(60), || {
+        std::fs::read_dir(env.store.join("resume"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("toy.ckpt").exists())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(Command::new("scancel")
+        .arg(&job)
+        .status()
+        .unwrap()
+        .success());
+    let min_age = slurm_config("MinJobAge");
+    wait_for(
+        &format!("the controller forgetting job {job} (MinJobAge = {min_age})"),
+        Duration::from_secs(180),
+        || {
+            !Command::new("scontrol")
+                .args(["show", "job", &job])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        },
+    );
+    let journal_file = std::fs::read_dir(env.store.join("jobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("job.json"))
+        .find(|p| p.exists())
+        .unwrap();
+    let journaled = std::fs::read(&journal_file).unwrap();
+
+    // squeue: nothing names the job and it left no result: reported after the timeout, not
+    // waited on forever.
+    let t = Instant::now();
+    let r = slurm_run(&env, &f, &["--state-query", "squeue"]);
+    let took = t.elapsed();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.summary(), (1, 0, 0, 1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("lost: adopting Slurm job {job} ")),
+        "{}",
+        r.stderr
+    );
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    let line = failure_line(&r, "lost");
+    assert!(
+        line.contains(&format!(
+            "Slurm job {job} (attempt 1): Slurm state UNKNOWN for "
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("squeue and scontrol no longer know it"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("check `sacct -j {job}`")), "{line}");
+    assert!(
+        log_named(&line).ends_with(format!(
+            "{}.slurm-{job}.out",
+            journal_file
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        )),
+        "{line}"
+    );
+    assert!(log_named(&line).exists(), "{line}");
+    assert!(journal(&env.store).is_empty());
+
+    // sacct still knows how the job ended, long after the controller forgot it: with the same
+    // journal, a coordinator reports CANCELLED at once (the timeout here is a minute).
+    if !accounting_ready() {
+        return;
+    }
+    std::fs::write(&journal_file, &journaled).unwrap();
+    let f = env.write("p.toml", &text("60s"));
+    let t = Instant::now();
+    let r = slurm_run(&env, &f, &[]);
+    assert_eq!(method_of(&r), "sacct", "{}", r.stderr);
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let line = failure_line(&r, "lost");
+    assert!(
+        line.contains(&format!(
+            "Slurm job {job} (attempt 1) ended without a result: Slurm state CANCELLED"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("it was cancelled"), "{line}");
 }

@@ -22,7 +22,8 @@
 //! seed = "${sweep.seed}"      # engine keys: seed, checkpoint_every (default 1), resources (never hashed)
 //! resources = { cpus = 2, mem = "4G", time = "1h" }   # Slurm executor only
 //!
-//! [executor]                  # optional: kind = "slurm", partition, max_jobs, poll_interval, retries
+//! [executor]                  # optional: kind = "slurm", partition, max_jobs, poll_interval, retries,
+//!                             #   state_query, unknown_state_timeout
 //! head_layer = 1              # everything else: the kind's parameters
 //! ```
 //!

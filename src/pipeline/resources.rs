@@ -6,8 +6,10 @@
 //! kind = "slurm"          # or "local" (default); `--executor` wins
 //! partition = "cpu"       # default partition of every job; `--partition` wins
 //! max_jobs = 50           # jobs queued or running at once; `--max-jobs` wins
-//! poll_interval = 5       # seconds between two squeue calls; `--poll-interval` wins
+//! poll_interval = 5       # seconds between two job-state queries; `--poll-interval` wins
 //! retries = 2             # resubmissions of a failed job; `--retries` wins
+//! state_query = "auto"    # "sacct" (needs accounting), "squeue", or "auto"; `--state-query` wins
+//! unknown_state_timeout = "10m"  # report a job whose state cannot be learned after this long
 //!
 //! [defaults.pretrain]
 //! resources = { cpus = 8, mem = "16G", gpus = 0, time = "4h", partition = "cpu", extra = ["--qos=long"] }
@@ -19,7 +21,15 @@ use super::spanned::{join, Kind, Table, Value};
 use crate::plan::{ExecutorSettings, Resources};
 
 const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "gpus", "time", "partition", "extra"];
-const EXECUTOR_KEYS: &[&str] = &["kind", "partition", "max_jobs", "poll_interval", "retries"];
+const EXECUTOR_KEYS: &[&str] = &[
+    "kind",
+    "partition",
+    "max_jobs",
+    "poll_interval",
+    "retries",
+    "state_query",
+    "unknown_state_timeout",
+];
 
 pub(super) fn read_resources(v: &Value, path: &str, problems: &mut Problems) -> Resources {
     let mut r = Resources::default();
@@ -138,7 +148,61 @@ pub(super) fn read_executor(t: &Table, problems: &mut Problems) -> ExecutorSetti
             }
         };
     }
+    if let Some(v) = t.get("state_query") {
+        match v.as_str() {
+            Some(s @ ("auto" | "sacct" | "squeue")) => e.state_query = Some(s.to_string()),
+            _ => problems.push(
+                Problem::at(
+                    &v.span,
+                    "executor.state_query",
+                    "expected \"auto\", \"sacct\" or \"squeue\"",
+                )
+                .help("\"sacct\" needs Slurm accounting; \"auto\" uses it where it works, else squeue"),
+            ),
+        }
+    }
+    if let Some(v) = t.get("unknown_state_timeout") {
+        let secs = match &v.kind {
+            Kind::Integer(i) if *i > 0 => Some(*i as f64),
+            Kind::Float(f) if *f > 0.0 => Some(*f),
+            Kind::String(s) => duration_secs(s),
+            _ => None,
+        };
+        if secs.is_none() {
+            problems.push(
+                Problem::at(
+                    &v.span,
+                    "executor.unknown_state_timeout",
+                    "expected a positive duration",
+                )
+                .help("seconds (`120`), or `\"90s\"`, `\"10m\"`, `\"1h\"`"),
+            );
+        }
+        e.unknown_state_timeout = secs;
+    }
     e
+}
+
+/// `"90s"`, `"10m"`, `"1h"`, `"2d"` or a plain number of seconds, as seconds (positive only).
+pub fn duration_secs(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last()? {
+        (i, c @ ('s' | 'm' | 'h' | 'd')) => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+    Some(
+        n * match unit {
+            'm' => 60.0,
+            'h' => 3600.0,
+            'd' => 86_400.0,
+            _ => 1.0,
+        },
+    )
 }
 
 fn valid_mem(s: &str) -> bool {
@@ -175,7 +239,20 @@ pub fn slurm_time(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::slurm_time;
+    use super::{duration_secs, slurm_time};
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_secs("90s"), Some(90.0));
+        assert_eq!(duration_secs("10m"), Some(600.0));
+        assert_eq!(duration_secs("1.5h"), Some(5400.0));
+        assert_eq!(duration_secs("2d"), Some(172_800.0));
+        assert_eq!(duration_secs("45"), Some(45.0));
+        assert_eq!(duration_secs("0s"), None);
+        assert_eq!(duration_secs("-5s"), None);
+        assert_eq!(duration_secs("soon"), None);
+        assert_eq!(duration_secs("s"), None);
+    }
 
     #[test]
     fn time_limits() {

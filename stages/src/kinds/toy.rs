@@ -7,7 +7,8 @@
 //! and seed; an epoch checkpoint (weights, RNG position, epoch, loss curve) is written atomically to
 //! `resume_dir` every `checkpoint_every` epochs and resumed from, so an interrupted run finishes
 //! bit-identical to an uninterrupted one. `sleep_ms` slows each epoch so tests can kill it mid-run;
-//! `fail_at_epoch` makes it fail on purpose. Its implementation version can be overridden with
+//! `fail_at_epoch` makes it fail on purpose; `alloc_mb` makes it hold that many megabytes (touched)
+//! through every epoch, to run into a memory limit. Its implementation version can be overridden with
 //! `SEMIFLOW_TOY_VERSION` so tests can simulate a code change.
 
 use std::collections::BTreeMap;
@@ -109,6 +110,14 @@ pub struct TrainParams {
     /// Sleep per epoch; does not affect results.
     pub sleep_ms: u64,
     pub fail_at_epoch: Option<usize>,
+    /// Megabytes allocated and touched at the start of every epoch and held through it (for
+    /// memory-limit tests); does not affect results. Left out of the resolved params when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub alloc_mb: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Default for TrainParams {
@@ -121,6 +130,7 @@ impl Default for TrainParams {
             task: 0,
             sleep_ms: 0,
             fail_at_epoch: None,
+            alloc_mb: 0,
         }
     }
 }
@@ -275,6 +285,8 @@ fn run_train(ctx: &RunCtx) -> Result<StageOutput> {
         if p.fail_at_epoch == Some(epoch) {
             bail!("toy-train: failing at epoch {epoch} as asked (fail_at_epoch)");
         }
+        // Every page written, so the memory is resident (a lazily mapped zeroed buffer is not).
+        let held: Vec<u8> = vec![1u8; (p.alloc_mb as usize) << 20];
         let mut total = 0.0;
         for step in 0..p.steps {
             ctx.check_cancel()?;
@@ -292,6 +304,8 @@ fn run_train(ctx: &RunCtx) -> Result<StageOutput> {
             ctx.progress.step(epoch, step, loss, 0.0);
         }
         std::thread::sleep(std::time::Duration::from_millis(p.sleep_ms));
+        std::hint::black_box(&held);
+        drop(held);
         let mean = total / p.steps.max(1) as f64;
         state.losses.push(mean);
         state.epoch += 1;
