@@ -9,7 +9,8 @@ pub mod augment;
 pub mod data;
 pub mod device;
 pub mod fault;
-pub mod kernels;
+/// Conv2d and BatchNorm, the one crate every model computes them with (`kernels/`).
+pub use semiflow_kernels as kernels;
 pub mod kinds;
 pub mod knn;
 pub mod loss;
