@@ -2,10 +2,10 @@
 # Builds what bench/gpu-check.sh runs on a GPU machine that has no Rust toolchain and no network:
 # the stripped `semiflow` binary, the two speed benches (`kernels-speed`: the kernels' training
 # step, semiflow-kernels; `speed`: the SimCLR pretrain step, semiflow-stages) and the CUDA-vs-CPU
-# step test, all built
-# with `--features cuda` (scripts/build-cuda.sh), plus the libcudart.so.13 they link.
+# step test, all built with `--features cuda` (scripts/build-cuda.sh), plus the libcudart.so.13
+# they link.
 #
-#   scripts/gpu-bundle.sh [DIR]      # default: target-cuda/gpu-bundle (and DIR.tar.xz, ~20 MB)
+#   scripts/gpu-bundle.sh [DIR]      # default: target-cuda/gpu-bundle (and DIR.tar.xz, ~25 MB)
 #
 # Then on the GPU machine, in a checkout of the same commit: `bench/gpu-check.sh DIR.tar.xz`
 # (or DIR).
@@ -52,8 +52,8 @@ cp -L "$ROOT/lib/libcudart.so.13" "$DIR/lib/"
 strip "$DIR/semiflow" "$DIR/speed" "$DIR/kernels-speed" "$DIR/cuda_step"
 git rev-parse HEAD >"$DIR/COMMIT" 2>/dev/null || true
 du -sh "$DIR"/* >&2
-# The stripped binaries are ~160 MB (candle's PTX and kernels for every binary); xz packs them
-# into ~20 MB, under the 64 MiB a device run can carry.
+# The four stripped binaries are ~210 MB (candle's PTX and kernels in each); xz packs them
+# into ~25 MB, under the 64 MiB a device run can carry.
 tar -C "$(dirname "$DIR")" -cJf "$DIR.tar.xz" "$(basename "$DIR")"
 du -sh "$DIR.tar.xz" >&2
 echo "$DIR.tar.xz"

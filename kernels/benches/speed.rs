@@ -219,6 +219,8 @@ impl Sgd {
 }
 
 /// `SEMIFLOW_BENCH_DEVICE`: `cpu` (default), `cuda` or `cuda:N`; with the device's description.
+/// A GPU is opened as `semiflow_stages::device` opens it (one shared stream), after the same check
+/// of the CUDA libraries.
 fn open_device() -> Result<(Device, String)> {
     let choice = std::env::var("SEMIFLOW_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
     let ordinal = match choice.as_str() {
@@ -231,10 +233,49 @@ fn open_device() -> Result<(Device, String)> {
                 format!("SEMIFLOW_BENCH_DEVICE: {other:?} is not cpu, cuda or cuda:N")
             })?,
     };
-    let dev = Device::new_cuda(ordinal).with_context(|| {
+    check_cuda_libraries().with_context(|| format!("SEMIFLOW_BENCH_DEVICE={choice}"))?;
+    let dev = Device::new_cuda_with_stream(ordinal).with_context(|| {
         format!("SEMIFLOW_BENCH_DEVICE={choice}: needs `--features cuda` and a CUDA device")
     })?;
     Ok((dev, format!("on cuda:{ordinal}")))
+}
+
+/// cudarc opens the CUDA libraries at first use and panics when one is missing: name it instead.
+#[cfg(feature = "cuda")]
+fn check_cuda_libraries() -> Result<()> {
+    use candle_core::cuda_backend::cudarc;
+    // SAFETY: only dlopen/dlclose of the named libraries.
+    let present: [(&str, bool); 4] = unsafe {
+        [
+            (
+                "libcuda.so (the NVIDIA driver: no GPU or no driver here?)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            ("libcublas.so.13", cudarc::cublas::sys::is_culib_present()),
+            (
+                "libcublasLt.so.13",
+                cudarc::cublaslt::sys::is_culib_present(),
+            ),
+            ("libcurand.so.10", cudarc::curand::sys::is_culib_present()),
+        ]
+    };
+    let missing: Vec<&str> = present
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "cannot load {} (put the CUDA 13 libraries on LD_LIBRARY_PATH)",
+        missing.join(", ")
+    );
+    Ok(())
+}
+
+/// Without the `cuda` feature candle itself says so when the device is opened.
+#[cfg(not(feature = "cuda"))]
+fn check_cuda_libraries() -> Result<()> {
+    Ok(())
 }
 
 fn main() -> Result<()> {
