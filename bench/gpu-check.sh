@@ -7,8 +7,9 @@
 #
 # Prints nvidia-smi; the CUDA-vs-CPU training-step test; the quickstart (pipelines/quickstart.toml,
 # data in data/cifar10-small) with every training and eval node on `cuda`, its wall time, per-node
-# times and metrics; the training-step bench on the GPU (small ResNet and ResNet-18, b64/b256);
-# and, where PyTorch with CUDA is importable, the same steps in PyTorch on the same card.
+# times and metrics; the speed benches on the GPU (the kernels' training step of the small ResNet
+# and ResNet-18, then the SimCLR pretrain step, b64/b256); and, where PyTorch with CUDA is
+# importable, the same training steps in PyTorch on the same card.
 # Results go to $OUT (the device tool's output folder, else /tmp/gpu-check): gpu-check.log,
 # records.jsonl (the quickstart's records), report/; the unpacked bundle and the store go to $WORK
 # (/tmp/gpu-check-work), not to $OUT.
@@ -16,8 +17,8 @@
 # Needs an NVIDIA driver for CUDA 13 (>= 580) and cuBLAS/cuRAND 13 libraries: from a CUDA 13
 # toolkit (/usr/local/cuda*), or PyTorch's CUDA 13 wheels (site-packages/nvidia/cu13/lib,
 # nvidia/cublas/lib, nvidia/curand/lib), found here and put on LD_LIBRARY_PATH.
-# Time limits: step test 90 s, quickstart 300 s, bench 120 s, PyTorch 90 s (under the 600 s of one
-# device command); the total on a GPU is not yet measured.
+# Time limits: step test 90 s, quickstart 300 s, benches 60 + 60 s, PyTorch 90 s (under the 600 s
+# of one device command); the total on a GPU is not yet measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${1:-target-cuda/gpu-bundle.tar.xz}
@@ -99,9 +100,14 @@ PY
 "$BUNDLE/semiflow" --store "$STORE" report pipelines/quickstart.toml --device cuda --out "$OUT/report" >/dev/null &&
     echo "report: $OUT/report/report.md" && sed -n '1,60p' "$OUT/report/report.md"
 
-section "training-step bench on the GPU (stages/benches/speed.rs)"
-SEMIFLOW_BENCH_DEVICE=cuda SEMIFLOW_BENCH=gemm,small,r18,pretrain SEMIFLOW_BENCH_BATCH=64,256 \
-    SEMIFLOW_BENCH_STEPS=${SEMIFLOW_BENCH_STEPS:-10} timeout 120 "$BUNDLE/speed" --bench
+section "training-step bench on the GPU (kernels/benches/speed.rs)"
+SEMIFLOW_BENCH_DEVICE=cuda SEMIFLOW_BENCH=gemm,small,r18 SEMIFLOW_BENCH_BATCH=64,256 \
+    SEMIFLOW_BENCH_STEPS=${SEMIFLOW_BENCH_STEPS:-10} timeout 60 "$BUNDLE/kernels-speed" --bench
+echo "bench exit: $?"
+
+section "pretrain-step bench on the GPU (stages/benches/speed.rs)"
+SEMIFLOW_BENCH_DEVICE=cuda SEMIFLOW_BENCH=pretrain SEMIFLOW_BENCH_BATCH=64,256 \
+    SEMIFLOW_BENCH_STEPS=${SEMIFLOW_BENCH_STEPS:-10} timeout 60 "$BUNDLE/speed" --bench
 echo "bench exit: $?"
 
 section "PyTorch on the same card (bench/torch_step.py)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch twin of `cargo bench -p semiflow-stages --bench speed`: the same two CIFAR ResNets, the
+"""PyTorch twin of `cargo bench -p semiflow-kernels --bench speed`: the same two CIFAR ResNets, the
 same eval forward and training step (forward + backward + SGD momentum 0.9, weight decay 5e-4),
 CPU, 2 threads, channels-last. Prints the same table.
 

@@ -12,9 +12,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
 start=$SECONDS
 mkdir -p "$CARGO_TARGET_DIR"
 
-# One cargo call for the binary, the step test and the bench: a second call with other targets
-# would resolve features differently (the tests' dev-dependencies) and rebuild candle and its kernels.
-scripts/build-cuda.sh build --release --features cuda -p semiflow -p semiflow-stages \
+# One cargo call for the binary, the step test and the benches (semiflow-kernels' and
+# semiflow-stages' `speed`): a second call with other targets would resolve features differently
+# (the tests' dev-dependencies) and rebuild candle and its kernels.
+scripts/build-cuda.sh build --release --features cuda -p semiflow -p semiflow-stages -p semiflow-kernels \
     --bin semiflow --test cuda_step --bench speed --message-format json-render-diagnostics >"$CARGO_TARGET_DIR/ci-cuda.json"
 step=$(python3 -c '
 import json, sys

@@ -1,12 +1,15 @@
 //! The `semiflow` binary: process setup, then the CLI in `semiflow::cli`.
 
 // mimalloc: training allocates a fresh buffer per op; glibc's returning memory to the OS cost
-// more than half the step time (PERF-NOTES.md).
+// more than half the step time when this was first profiled (that measurement was not kept; the
+// later profile, with mimalloc, is in bench/README.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // Without RAYON_NUM_THREADS candle re-reads /proc/cpuinfo on every matmul (PERF-NOTES.md).
+    // Without RAYON_NUM_THREADS candle re-reads /proc/cpuinfo on every matmul: its CPU matmul asks
+    // `utils::get_num_threads` each time, which then counts physical cores with
+    // `num_cpus::get_physical` (vendor/candle-core/src/utils.rs).
     // Set before any thread exists, so no other thread can be reading the environment.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism()

@@ -10,7 +10,8 @@ pub mod data;
 pub mod device;
 pub mod evaluate;
 pub mod fault;
-pub mod kernels;
+/// Conv2d and BatchNorm, the one crate every model computes them with (`kernels/`).
+pub use semiflow_kernels as kernels;
 pub mod kinds;
 pub mod loss;
 pub mod memory;

@@ -8,9 +8,10 @@
 //!   element, so the vector width never enters. The K block length, which `gemm` derives from the
 //!   CPU's L1 cache, is pinned (`candle_core::cpu_backend::pinned_gemm`). `gemm`'s threads split
 //!   rows and columns, never K.
-//! - **Convolutions** (`kernels::conv`): the batch's chunks and the weight gradient's grouping of
-//!   them are fixed by the data's shape, not the thread count; the direct kernels reproduce the
-//!   GEMM's sums exactly (unit-tested), and use AVX2 + FMA only.
+//! - **Convolutions** (the `semiflow-kernels` crate, `kernels/src/conv.rs`): the batch's chunks
+//!   and the weight gradient's grouping of them are fixed by the data's shape, not the thread
+//!   count; the direct kernels reproduce the GEMM's sums exactly (unit-tested), and use AVX2 + FMA
+//!   only.
 //! - **BatchNorm, optimizers, losses**: per-channel sums in fixed 8-lane AVX2 order (bit-identical
 //!   to their portable loops, tested) or sequential; parallel reductions collect fixed-size chunk
 //!   partials and add them in order.

@@ -159,7 +159,8 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 /// The weight tensor to compute with: the Var itself in training (so gradients flow), a detached
-/// view otherwise (so inference never records an autograd graph — see PERF-NOTES "Traps").
+/// view otherwise (so inference never records an autograd graph, which kept alive through
+/// Var-backed weights costs 3-4 GB for ResNet-18 at b256: `eval_memory_probe` in model/tests.rs).
 pub fn use_var(v: &Var, train: bool) -> Tensor {
     if train {
         v.as_tensor().clone()

@@ -370,9 +370,9 @@ fn tiny_network_overfits_a_tiny_batch() {
     assert_eq!(pred.dtype(), DType::U32);
 }
 
-/// Peak-memory probe for eval-mode feature extraction (PERF-NOTES trap: a graph kept through
-/// Var-backed weights costs 3-4 GB for R18 at b256). Run under `/usr/bin/time -v` with
-/// `--ignored eval_memory_probe`.
+/// Peak-memory probe for eval-mode feature extraction (the trap `params::use_var` avoids: a graph
+/// kept through Var-backed weights costs 3-4 GB for R18 at b256). Run under `/usr/bin/time -v`
+/// with `--ignored eval_memory_probe`.
 #[test]
 #[ignore]
 fn eval_memory_probe() {

@@ -56,7 +56,8 @@ pub fn reaches_cache_blocking(
 }
 
 /// The K block length of an `m×k · k×n` product on the pinned path, for kernels that reproduce
-/// `gemm`'s sums outside it (semiflow's direct convolutions; standard packed strides assumed):
+/// `gemm`'s sums outside it (semiflow's direct convolutions, `kernels/src/direct.rs` of its
+/// `semiflow-kernels` crate; standard packed strides assumed):
 /// blocks of this length from the start, the last one shorter.
 pub fn k_block(m: usize, n: usize, k: usize) -> usize {
     if k == 0 {

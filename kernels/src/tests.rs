@@ -518,7 +518,7 @@ fn direct_weight_grad_is_bit_identical_to_the_gemm_route() {
 
 /// Where the small ResNet's convolution time goes at batch 256: each geometry's forward, input
 /// gradient and weight gradient through the routes training takes, in ms per call × calls per
-/// step. A probe, not a test: `cargo test --release -p semiflow-stages --lib conv_time_probe --
+/// step. A probe, not a test: `cargo test --release -p semiflow-kernels --lib conv_time_probe --
 /// --ignored --nocapture`.
 #[test]
 #[ignore]

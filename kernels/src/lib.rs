@@ -1,4 +1,4 @@
-//! Conv2d and BatchNorm for every model in this crate.
+//! semiflow-kernels: conv2d and BatchNorm for every model semiflow trains, as candle custom ops.
 //!
 //! The public functions here are THE entry points models call. On CPU with f32 tensors they
 //! dispatch to fast custom ops (direct AVX2 convolutions for narrow layers, im2col/col2im +
@@ -6,9 +6,15 @@
 //! devices (CUDA) or dtypes they fall back to candle's own ops ([`reference`]). Layout at this API
 //! is candle's NCHW.
 //!
-//! Any change here that alters results (even in the last bits) must bump the `version` of every
-//! kind that runs a model (pretrain, finetune, supervised, distill, eval), or stale cache entries
-//! would be reused.
+//! This crate knows nothing of SimCLR, pipelines or caches; `semiflow-stages` re-exports it as
+//! `semiflow_stages::kernels`. Its unit tests (`src/tests.rs`) check every custom op against
+//! [`reference`] for values and gradients, and the direct kernels against the GEMM route bit for
+//! bit; `cargo bench -p semiflow-kernels --bench speed` times them (`benches/speed.rs`).
+//!
+//! Any change here that alters results (even in the last bits) changes what every model in
+//! `semiflow-stages` computes: bump `NUMERICS_VERSION` (`stages/src/numerics.rs`) with it, or
+//! stale cache entries would be reused. `tests/numerics_threads.rs` (workspace root) pins whole
+//! pipelines' output hashes and fails if the sums move.
 
 mod batchnorm;
 mod conv;

@@ -1,9 +1,6 @@
-//! Optimizers (LARS, SGD with momentum) and learning-rate schedules.
-//!
-//! Both optimizers keep one momentum buffer per parameter, keyed by the parameter's name, so
-//! [`Optimizer::state`] / [`Optimizer::load_state`] round-trip exactly and a resumed run continues
-//! bit-identically. On CPU the update runs directly on the f32 slices (it touches every weight each
-//! step: ~11M for ResNet-18); on other devices it is expressed in candle ops.
+//! LARS and SGD with momentum: their update rules on the CPU's f32 slices (in place, chunked so
+//! sums combine in the same order on any thread count) and in candle ops elsewhere, and their
+//! momentum buffers.
 
 use std::collections::HashMap;
 
@@ -11,46 +8,8 @@ use anyhow::Context as _;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-pub use crate::model::Param;
-
-/// Updates parameters in place from their gradients.
-pub trait Optimizer {
-    /// One update of every parameter that has a gradient in `grads` (parameters without one, e.g.
-    /// not reached by the loss, are left untouched, as is their momentum).
-    fn step(&mut self, params: &[Param], grads: &GradStore, lr: f64) -> anyhow::Result<()>;
-    /// The momentum buffers by parameter name (for checkpoints).
-    fn state(&self) -> Vec<(String, Tensor)>;
-    /// Restore buffers saved by [`Optimizer::state`]; replaces all current buffers.
-    fn load_state(&mut self, state: &[(String, Tensor)]) -> anyhow::Result<()>;
-}
-
-/// Which optimizer a training kind builds (a stage parameter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    Lars,
-    Sgd,
-}
-
-/// Build the optimizer a kind's params name. LARS uses the reference trust coefficient 0.001.
-pub fn build(
-    kind: OptimizerKind,
-    momentum: f64,
-    weight_decay: f64,
-    nesterov: bool,
-) -> Box<dyn Optimizer + Send> {
-    match kind {
-        OptimizerKind::Lars => Box::new(Lars::new(momentum, weight_decay)),
-        OptimizerKind::Sgd => Box::new(Sgd {
-            momentum,
-            weight_decay,
-            nesterov,
-            buffers: Buffers::default(),
-        }),
-    }
-}
+use super::{Optimizer, Param};
 
 /// LARS (You et al. 2017) as in the SimCLR reference (`lars_optimizer.py`, classic momentum,
 /// no Nesterov): for a regular parameter
@@ -421,39 +380,6 @@ fn update_device(
     Ok(())
 }
 
-/// How the base learning rate grows with the batch size (SimCLR appendix B.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scaling {
-    /// lr · B / 256.
-    Linear,
-    /// lr · √B.
-    Sqrt,
-}
-
-impl Scaling {
-    pub fn scale(self, base_lr: f64, batch_size: usize) -> f64 {
-        match self {
-            Scaling::Linear => base_lr * batch_size as f64 / 256.0,
-            Scaling::Sqrt => base_lr * (batch_size as f64).sqrt(),
-        }
-    }
-}
-
-/// Learning rate at optimizer step `step` (0-based): linear warmup from 0 to `peak_lr` over
-/// `warmup_steps`, then cosine decay to 0 at `total_steps` (the reference's WarmUpAndCosineDecay).
-pub fn lr_at(step: usize, total_steps: usize, warmup_steps: usize, peak_lr: f64) -> f64 {
-    if step < warmup_steps {
-        return peak_lr * step as f64 / warmup_steps as f64;
-    }
-    let decay_steps = total_steps.saturating_sub(warmup_steps);
-    if decay_steps == 0 {
-        return peak_lr;
-    }
-    let progress = ((step - warmup_steps) as f64 / decay_steps as f64).min(1.0);
-    peak_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,35 +588,6 @@ mod tests {
         opt_b.load_state(&saved_state).unwrap();
         opt_b.step(&b, &grads_for(&b, &coeffs), 1.0).unwrap();
         assert_eq!(values(&a[0]), values(&b[0]));
-    }
-
-    #[test]
-    fn schedule_endpoints() {
-        let peak = 2.0;
-        assert_eq!(lr_at(0, 100, 10, peak), 0.0);
-        assert!((lr_at(5, 100, 10, peak) - 1.0).abs() < 1e-12);
-        assert!((lr_at(10, 100, 10, peak) - peak).abs() < 1e-12);
-        assert!(
-            (lr_at(55, 100, 10, peak) - 1.0).abs() < 1e-12,
-            "half-way through the decay"
-        );
-        assert!(lr_at(100, 100, 10, peak).abs() < 1e-12);
-        assert!(
-            (lr_at(0, 100, 0, peak) - peak).abs() < 1e-12,
-            "no warmup starts at the peak"
-        );
-        let mut prev = f64::INFINITY;
-        for s in 10..=100 {
-            let lr = lr_at(s, 100, 10, peak);
-            assert!(lr <= prev);
-            prev = lr;
-        }
-    }
-
-    #[test]
-    fn lr_scaling() {
-        assert!((Scaling::Linear.scale(0.3, 512) - 0.6).abs() < 1e-12);
-        assert!((Scaling::Sqrt.scale(0.075, 4096) - 4.8).abs() < 1e-12);
     }
 }
 

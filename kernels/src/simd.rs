@@ -32,7 +32,7 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     generic($($arg),*)
                 }
-                if $crate::kernels::simd::has_avx2() {
+                if $crate::simd::has_avx2() {
                     // SAFETY: the CPU supports AVX2 (checked just above).
                     return unsafe { avx2($($arg),*) };
                 }
