@@ -32,6 +32,15 @@ pub const SPEC: KindSpec = KindSpec {
             many: false,
             required: true,
         },
+        // Or `init = { file = "…", format = "torchvision" }`: start from a model file
+        // (kinds/import.rs). The same role: one of the two is required.
+        RefSpec {
+            key: "init",
+            role: "from",
+            target: RefTarget::Node(&[super::import::KIND]),
+            many: false,
+            required: false,
+        },
         RefSpec {
             key: "labels",
             role: "labels",
@@ -118,11 +127,11 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
     let ds = train::load_dataset(ctx, "data")?;
     let labeled = Arc::new(train::load_labeled(ctx, "labels", ds.train.n)?);
     let num_classes = ds.classes.len();
-    let from = ctx.input("from")?;
-    let net = Network::from_pretrained(
-        from,
+    let net: Network = super::import::finetune_start(
+        ctx.input("from")?,
         p.head_layer,
         num_classes,
+        &ds,
         &device,
         train::seed_for(ctx, "finetune.init"),
     )?;

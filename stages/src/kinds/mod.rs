@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod distill;
 pub mod eval;
 pub mod finetune;
+pub mod import;
 pub mod pretrain;
 pub mod split;
 pub mod supervised;
@@ -21,4 +22,5 @@ pub static REGISTRY: &[KindSpec] = &[
     supervised::SPEC,
     distill::SPEC,
     eval::SPEC,
+    import::SPEC,
 ];
