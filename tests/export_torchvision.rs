@@ -120,29 +120,40 @@ fn torch_like_file(dir: &Path, depth: usize, net: &Network) -> PathBuf {
 /// Every state tensor of `net` replaced by seeded noise (running variances positive), so no
 /// tensor is a constant a wrong mapping could still get right.
 fn scramble(net: &Network, seed: u64) {
-    let state = net.state_tensors();
-    let d = Device::Cpu;
-    let scrambled: Vec<(String, Tensor)> = state
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        // xorshift64*: uniform in [-1, 1).
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let scrambled: Vec<(String, Tensor)> = net
+        .state_tensors()
         .into_iter()
-        .enumerate()
-        .map(|(i, (n, t))| {
-            let noise = Tensor::randn(0f32, 1.0, t.shape(), &d).unwrap();
-            let _ = (i, seed);
-            let v = if n.ends_with("running_var") {
-                (noise.abs().unwrap() + 0.5).unwrap()
+        .map(|(n, t)| {
+            let (scale, offset) = if n.ends_with("running_var") {
+                (0.5, 1.0)
             } else if n.ends_with(".weight") && t.rank() >= 2 {
-                (noise * 0.1).unwrap()
+                (0.2, 0.0)
             } else {
-                (noise * 0.2).unwrap()
+                (0.3, 0.0)
             };
-            (n, v)
+            let v: Vec<f32> = (0..t.elem_count())
+                .map(|_| next() * scale + offset)
+                .collect();
+            (n, Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap())
         })
         .collect();
     net.load_state(&scrambled).unwrap();
 }
 
 fn images(n: usize, c: usize, size: usize) -> Tensor {
-    Tensor::rand(0f32, 1.0, (n, c, size, size), &Device::Cpu).unwrap()
+    let len = n * c * size * size;
+    let v: Vec<f32> = (0..len)
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect();
+    Tensor::from_vec(v, (n, c, size, size), &Device::Cpu).unwrap()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -1016,4 +1027,91 @@ fn pytorch_reproduces_semiflows_top1() {
         report["max_abs_logit_diff"].as_f64().unwrap() < 1e-3,
         "{report}"
     );
+}
+
+/// torchvision's own `resnet18()` loads an ImageNet-stem export with `strict=True` and, with its
+/// max-pool swapped for TF-"SAME" padding, computes semiflow's logits; with torchvision's own
+/// max-pool it does not (on even sizes), which is why the README says so.
+#[test]
+fn pytorch_resnet18_matches_with_a_tf_same_maxpool() {
+    let python = match torch_python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("skipped: PyTorch is not available here ({why})");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let net = torchvision_default(18);
+    scramble(&net, 5);
+    let file = dir.path().join("r18.safetensors");
+    let meta = ExportSidecar::of(&net, Naming::Torchvision, None, None);
+    assert_eq!(
+        meta.torch.torchvision_constructor.as_deref(),
+        Some("resnet18")
+    );
+    write_safetensors(
+        &file,
+        &export_tensors(&net, Naming::Torchvision).unwrap(),
+        Some(&meta),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("r18.json"),
+        serde_json::to_string(&meta).unwrap(),
+    )
+    .unwrap();
+    let x = images(4, 3, 64);
+    let le = |t: &Tensor| -> Vec<u8> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    };
+    std::fs::write(dir.path().join("x.f32"), le(&x)).unwrap();
+    std::fs::write(
+        dir.path().join("y.f32"),
+        le(&net.logits(&x, false).unwrap()),
+    )
+    .unwrap();
+    let script = r#"
+import sys, json, numpy as np, torch, torchvision
+sys.path.insert(0, sys.argv[1])
+import semiflow_torch
+from safetensors.torch import load_file
+d = sys.argv[2]
+x = torch.from_numpy(np.fromfile(d + "/x.f32", dtype="<f4").reshape(4, 3, 64, 64))
+want = np.fromfile(d + "/y.f32", dtype="<f4").reshape(4, 1000)
+m = torchvision.models.resnet18()
+m.load_state_dict(load_file(d + "/r18.safetensors"), strict=True)
+m.eval()
+with torch.no_grad():
+    own = m(x).numpy()
+    m.maxpool = semiflow_torch.TFSameMaxPool()
+    same = m(x).numpy()
+print(json.dumps({"tf_same": float(np.abs(same - want).max()), "torchvision_pool": float(np.abs(own - want).max())}))
+"#;
+    let o = Command::new(&python)
+        .args(["-c", script])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("{r}");
+    let (same, own) = (
+        r["tf_same"].as_f64().unwrap(),
+        r["torchvision_pool"].as_f64().unwrap(),
+    );
+    assert!(same < 1e-3, "{r}");
+    assert!(own > 100.0 * same.max(1e-6), "{r}");
 }
