@@ -776,6 +776,18 @@ fn export_import_and_init_through_the_binary() {
         "--out",
         env.path("export/pretrain.safetensors").to_str().unwrap(),
     ]);
+    // The same tensors without semiflow's header, as a file PyTorch saved: the architecture is read
+    // off the shapes.
+    let tensors: Vec<(String, Tensor)> = {
+        let bytes = std::fs::read(env.path("export/pretrain.safetensors")).unwrap();
+        let mut t: Vec<_> = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    write_safetensors(&env.path("export/headerless.safetensors"), &tensors, None).unwrap();
     let with_init = format!(
         r#"{}
 [nodes.finetune_file]
@@ -794,6 +806,14 @@ data = "cifar"
 epochs = 1
 batch_size = 64
 
+[nodes.finetune_headerless]
+kind = "finetune"
+init = {{ file = "export/headerless.safetensors", format = "torchvision" }}
+labels = "split"
+data = "cifar"
+epochs = 2
+batch_size = 64
+
 [nodes.pretrain_file]
 kind = "pretrain"
 data = "cifar"
@@ -808,7 +828,7 @@ batch_size = 64
     let o = env.ok(&["run", &file2]);
     assert!(
         o.stdout
-            .contains("semiflow: 13 nodes: 5 ran, 8 cached, 0 failed"),
+            .contains("semiflow: 15 nodes: 7 ran, 8 cached, 0 failed"),
         "{}",
         o.stdout
     );
@@ -844,20 +864,28 @@ batch_size = 64
     env.artifact("finetune_file", &ft_ck);
     let ft = Network::load(&ft_ck, &Device::Cpu).unwrap();
     assert_eq!((ft.head_layer(), ft.num_classes()), (Some(1), Some(10)));
-    // ... and the pipeline file's directory is what the path is relative to; moving both keeps
-    // every key, changing the file's content changes the readers' keys.
+    // The header-less file gives the same network (architecture from its shapes) and so, with the
+    // same seed and data, the same fine-tuned weights.
+    let info = env.record("import.finetune_headerless");
+    assert_eq!(info["details"]["arch_from"], "shapes");
+    assert_eq!(
+        env.record("import.finetune_file")["details"]["arch_from"],
+        "header"
+    );
+    let hl_ck = env.path("ft-headerless");
+    env.artifact("finetune_headerless", &hl_ck);
+    assert_eq!(
+        std::fs::read(hl_ck.join("model.safetensors")).unwrap(),
+        std::fs::read(ft_ck.join("model.safetensors")).unwrap()
+    );
+    // ... and the pipeline file's directory is what the path is relative to; moving it with the
+    // files keeps every key, changing a file's content changes its readers' keys.
     let moved = Env::new();
     std::fs::create_dir_all(moved.path("export")).unwrap();
-    std::fs::copy(
-        env.path("export/pretrain.safetensors"),
-        moved.path("export/pretrain.safetensors"),
-    )
-    .unwrap();
-    std::fs::copy(
-        env.path("export/finetune.safetensors"),
-        moved.path("export/finetune.safetensors"),
-    )
-    .unwrap();
+    for f in ["pretrain", "finetune", "headerless"] {
+        let name = format!("export/{f}.safetensors");
+        std::fs::copy(env.path(&name), moved.path(&name)).unwrap();
+    }
     let file3 = moved.write("p2.toml", &with_init);
     let keys3 = moved.keys(&file3);
     assert_eq!(
