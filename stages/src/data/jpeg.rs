@@ -3,7 +3,7 @@
 //! Two decoders of the same files give slightly different pixels: JPEG leaves the inverse DCT's
 //! rounding and the chroma upsampling filter to the decoder. On the quickstart's 6,000 CIFAR-10
 //! JPEGs (4:2:0 chroma) the default, zune-jpeg, differs from PIL's libjpeg-turbo in 21.8% of the
-//! bytes, by up to 4/255, in every image; `libjpeg-turbo` decodes them bit-identically to PIL
+//! bytes, by up to 5/255, in every image; `libjpeg-turbo` decodes them bit-identically to PIL
 //! (PIL 13.0 with libjpeg-turbo 3.2.0), so pixels match PIL/torchvision pipelines exactly.
 //!
 //! `libjpeg-turbo` is libjpeg-turbo's decompressor as the `mozjpeg` crate builds it from bundled C
