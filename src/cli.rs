@@ -39,6 +39,14 @@ pub enum ExecutorKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// torchvision's ResNet `state_dict` keys (conv1, bn1, layerN.M.*, fc).
+    Torchvision,
+    /// semiflow's own names (encoder.*, head.*, classifier.*).
+    Safetensors,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DagFormat {
     Text,
     Dot,
@@ -140,6 +148,18 @@ pub enum Command {
     },
     /// Print the log of a node's latest run.
     Log { target: String },
+    /// Write a node's model as a safetensors file other tools load (torchvision's ResNet key
+    /// names, or semiflow's own) plus a JSON sidecar (FILE with .json): architecture, input
+    /// scaling, class names.
+    Export {
+        /// A node that has run (pretrain, finetune, supervised, distill) or a key.
+        target: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Torchvision)]
+        format: ExportFormat,
+        /// The .safetensors file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Verify the pipeline's blobs and optionally re-execute nodes to check reproducibility.
     Audit {
         file: PathBuf,
@@ -425,6 +445,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             } else {
                 crate::show::print(&rec);
             }
+            Ok(0)
+        }
+        Command::Export {
+            target,
+            format,
+            out,
+        } => {
+            let naming = match format {
+                ExportFormat::Torchvision => {
+                    semiflow_stages::model::torchvision::Naming::Torchvision
+                }
+                ExportFormat::Safetensors => {
+                    semiflow_stages::model::torchvision::Naming::Safetensors
+                }
+            };
+            let e = crate::export::export(&store()?, &target, naming, &out)?;
+            println!(
+                "exported {} ({}, key {}): {} tensors to {}, sidecar {}",
+                e.record.node,
+                e.record.kind,
+                crate::key::short(&e.record.key),
+                e.tensors,
+                e.file.display(),
+                e.sidecar.display()
+            );
             Ok(0)
         }
         Command::Log { target } => {

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod cli;
 pub mod exec;
 pub mod explain;
+pub mod export;
 pub mod gc;
 pub mod key;
 pub mod logging;

@@ -111,7 +111,8 @@ pub struct PlanNode {
     pub params: serde_json::Value,
     /// role → indices (into `Plan::nodes`) of the nodes whose outputs this node reads.
     pub inputs: BTreeMap<String, Vec<usize>>,
-    /// Only for `dataset` nodes: the resolved dataset root directory (fingerprinted, not hashed as a path).
+    /// Only for `dataset` nodes: the resolved dataset root directory; for `import` nodes the model
+    /// file (fingerprinted by content, not hashed as a path).
     pub dataset_root: Option<PathBuf>,
     /// The node's seed (pipeline seed, or the node's own `seed`, possibly a sweep variable).
     pub seed: u64,

@@ -5,7 +5,6 @@
 //! Data: the 300 + 100 CIFAR-10 JPEGs under `tests/data/cifar10-tiny`, with networks small
 //! enough that the whole recipe runs in seconds.
 
-
 mod real_support;
 use real_support::{cifar_tiny, semiflow, Recipe};
 

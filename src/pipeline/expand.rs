@@ -8,11 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::error::{Problem, Problems};
-use super::schema::{Document, NodeDecl, Seed, Target, ENGINE_KEYS};
+use super::schema::{Document, FileDecl, NodeDecl, Seed, Target, ENGINE_KEYS};
 use super::subst::{render, substitute_table};
 use super::{dataset_node_name, params, DATASET_KIND};
 use crate::graph::topo_order;
 use crate::plan::PlanNode;
+use semiflow_stages::kinds::import::KIND as IMPORT_KIND;
 
 /// The concrete nodes of `doc`, inputs before users. Problems (a cycle, parameters a kind
 /// rejects) are collected; the result is only meaningful if none were.
@@ -29,7 +30,7 @@ pub fn expand(doc: &Document<'_>, problems: &mut Problems) -> Vec<PlanNode> {
             .flat_map(|r| &r.targets)
             .filter_map(|(t, _)| match t {
                 Target::Node(name) => Some(index[name.as_str()]),
-                Target::Dataset(_) => None,
+                Target::Dataset(_) | Target::File(_) => None,
             })
             .collect()
     };
@@ -63,6 +64,8 @@ pub fn expand(doc: &Document<'_>, problems: &mut Problems) -> Vec<PlanNode> {
 
     let mut plan = Vec::new();
     let dataset_nodes = dataset_nodes(doc, &mut plan);
+    // Model files, one `import` node per distinct (file, parameters): plan index.
+    let mut file_nodes: Vec<(&FileDecl, usize)> = Vec::new();
     // Per declared node: value indices of its variables (in `vars` order) → plan index.
     let mut instances: Vec<HashMap<Vec<usize>, usize>> = vec![HashMap::new(); doc.nodes.len()];
     for &i in &order {
@@ -93,16 +96,20 @@ pub fn expand(doc: &Document<'_>, problems: &mut Problems) -> Vec<PlanNode> {
 
             let mut inputs: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for r in &decl.refs {
-                let ids = r.targets.iter().map(|(t, _)| match t {
-                    Target::Dataset(d) => {
-                        dataset_nodes[*d].expect("referenced datasets have plan nodes")
-                    }
-                    Target::Node(n) => {
-                        let j = index[n.as_str()];
-                        let key: Vec<usize> = vars[j].iter().map(|v| at[v]).collect();
-                        instances[j][&key]
-                    }
-                });
+                let mut ids = Vec::new();
+                for (t, _) in &r.targets {
+                    ids.push(match t {
+                        Target::Dataset(d) => {
+                            dataset_nodes[*d].expect("referenced datasets have plan nodes")
+                        }
+                        Target::Node(n) => {
+                            let j = index[n.as_str()];
+                            let key: Vec<usize> = vars[j].iter().map(|v| at[v]).collect();
+                            instances[j][&key]
+                        }
+                        Target::File(f) => file_node(f, &decl.name, &mut file_nodes, &mut plan),
+                    });
+                }
                 inputs.entry(r.role.to_string()).or_default().extend(ids);
             }
 
@@ -201,7 +208,7 @@ fn dataset_nodes(doc: &Document<'_>, plan: &mut Vec<PlanNode>) -> Vec<Option<usi
         .flat_map(|n| n.refs.iter().flat_map(|r| &r.targets))
         .filter_map(|(t, _)| match t {
             Target::Dataset(d) => Some(*d),
-            Target::Node(_) => None,
+            Target::Node(_) | Target::File(_) => None,
         })
         .collect();
     let mut ids = vec![None; doc.datasets.len()];
@@ -227,6 +234,35 @@ fn dataset_nodes(doc: &Document<'_>, plan: &mut Vec<PlanNode>) -> Vec<Option<usi
         });
     }
     ids
+}
+
+/// The plan node of model file `f` (kind `import`), added on first use, named after the first
+/// node reading it: `import.<node>`. Like a dataset it is fingerprinted by content and has a fixed
+/// seed, so its key depends on the file's bytes and parameters alone.
+fn file_node<'d>(
+    f: &'d FileDecl,
+    reader: &str,
+    file_nodes: &mut Vec<(&'d FileDecl, usize)>,
+    plan: &mut Vec<PlanNode>,
+) -> usize {
+    if let Some((_, i)) = file_nodes.iter().find(|(g, _)| *g == f) {
+        return *i;
+    }
+    let name = format!("{IMPORT_KIND}.{reader}");
+    plan.push(PlanNode {
+        name: name.clone(),
+        base: name,
+        point: BTreeMap::new(),
+        kind: IMPORT_KIND.to_string(),
+        params: f.params.clone(),
+        inputs: BTreeMap::new(),
+        dataset_root: Some(f.path.clone()),
+        seed: 0,
+        checkpoint_every: 0,
+        resources: Default::default(),
+    });
+    file_nodes.push((f, plan.len() - 1));
+    plan.len() - 1
 }
 
 /// Every combination of choices, the last position varying fastest; one empty combination if

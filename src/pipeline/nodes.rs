@@ -58,6 +58,9 @@ pub(super) fn read_nodes<'k>(
         sweep,
         kinds: &kinds,
         node_names: &names,
+        registry: cx.kinds,
+        base_dir: cx.base_dir,
+        env: cx.env,
     };
     tables
         .into_iter()
@@ -104,6 +107,17 @@ fn read_kind<'k>(
         );
         return None;
     }
+    if name == semiflow_stages::kinds::import::KIND {
+        problems.push(
+            Problem::at(
+                &v.span,
+                join(path, "kind"),
+                "import nodes are made from `init = { file = \"…\", format = \"…\" }`, not declared",
+            )
+            .help("give the model file as `init = { file = \"model.safetensors\", format = \"torchvision\" }` of the pretrain, finetune or distill node that starts from it"),
+        );
+        return None;
+    }
     let spec = kinds.kind(name);
     if spec.is_none() {
         problems.push(
@@ -129,6 +143,11 @@ pub(super) struct Known<'a, 'k> {
     pub kinds: &'a HashMap<&'a str, Option<&'k KindSpec>>,
     /// Node names in file order.
     pub node_names: &'a [&'a str],
+    /// The stage kinds (model files are checked by the `import` kind).
+    pub registry: &'k dyn KindLookup,
+    /// Directory relative model files are resolved against.
+    pub base_dir: &'a std::path::Path,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 fn read_node<'k>(
@@ -161,8 +180,29 @@ fn read_node<'k>(
 
     let mut refs = Vec::new();
     for r in spec.refs {
+        // Another key of the same role (finetune's `init` for `from`) stands in for this one.
+        let alternatives: Vec<&str> = spec
+            .refs
+            .iter()
+            .filter(|o| o.role == r.role && o.key != r.key && !o.many)
+            .map(|o| o.key)
+            .collect();
+        let given_alternative = alternatives.iter().find(|k| t.get(k).is_some());
         match params.remove(r.key) {
-            Some((_, v)) => refs.push(read_ref(&key.name, &path, r, &v, known, problems)),
+            Some((k, v)) => {
+                if let Some(other) = given_alternative.filter(|_| !r.many && r.required) {
+                    problems.push(
+                        Problem::at(
+                            &k.span,
+                            join(&path, r.key),
+                            format!("`{}` and `{other}` both give the starting network", r.key),
+                        )
+                        .help(format!("keep one of `{}` and `{other}`", r.key)),
+                    );
+                }
+                refs.push(read_ref(&key.name, &path, r, &v, known, problems))
+            }
+            None if r.required && given_alternative.is_some() => {}
             None if r.required => problems.push(
                 Problem::at(
                     span,
@@ -170,9 +210,13 @@ fn read_node<'k>(
                     format!("missing required key `{}`", r.key),
                 )
                 .help(format!(
-                    "add `{} = ...` naming {}",
+                    "add `{} = ...` naming {}{}",
                     r.key,
-                    describe_target(r)
+                    describe_target(r),
+                    alternatives
+                        .iter()
+                        .map(|a| format!(", or `{a} = ...`"))
+                        .collect::<String>()
                 )),
             ),
             None => {}

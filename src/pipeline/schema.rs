@@ -66,6 +66,18 @@ pub enum Target {
     Dataset(usize),
     /// A node name (checked to exist and to have an allowed kind).
     Node(String),
+    /// `init = { file = "…", format = "…" }`: a model file, which becomes a node of kind
+    /// `import` (made by the loader, fingerprinted by content like a dataset root).
+    File(FileDecl),
+}
+
+/// A model file a node reads (see [`Target::File`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileDecl {
+    /// Absolute, environment variables expanded; an existing file.
+    pub path: PathBuf,
+    /// Resolved by the `import` kind (`file` removed).
+    pub params: serde_json::Value,
 }
 
 pub struct RefUse {

@@ -11,19 +11,30 @@ use anyhow::{bail, Context, Result};
 use super::blobs::{collect_files, hash_file};
 use super::index::Index;
 
-/// Fingerprint the dataset under `root`.
+/// Fingerprint the dataset under `root`; a single file (a model file an `import` node reads)
+/// counts as a root holding just that file: its name, size and content, not its directory.
 pub fn dataset_fingerprint(index: &Index, root: &Path) -> Result<String> {
-    if !root.is_dir() {
+    let mut files = Vec::new();
+    if root.is_file() {
+        let abs = root
+            .canonicalize()
+            .with_context(|| format!("resolving {}", root.display()))?;
+        let name = abs
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((name, abs));
+    } else if !root.is_dir() {
         bail!(
             "dataset root {} is not a directory; fix `root` in the pipeline's [datasets] table",
             root.display()
         );
+    } else {
+        let abs = root
+            .canonicalize()
+            .with_context(|| format!("resolving {}", root.display()))?;
+        collect_files(&abs, &abs, &mut files)?;
     }
-    let abs = root
-        .canonicalize()
-        .with_context(|| format!("resolving {}", root.display()))?;
-    let mut files = Vec::new();
-    collect_files(&abs, &abs, &mut files)?;
     let mut hasher = blake3::Hasher::new();
     let mut dirty = false;
     for (rel, path) in files {

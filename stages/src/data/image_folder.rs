@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use image::{ColorType, ImageDecoder, ImageReader};
 use rayon::prelude::*;
 
+use super::jpeg::{self, JpegDecoder};
 use super::{Dataset, Images};
 
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -24,8 +25,13 @@ fn layout_hint(root: &Path, split: &str) -> String {
     )
 }
 
-/// Reads the `train` and `test` splits under `root`.
+/// Reads the `train` and `test` splits under `root` (JPEGs with the default decoder).
 pub fn read(root: &Path, train: &str, test: &str) -> Result<Dataset> {
+    read_with(root, train, test, JpegDecoder::default())
+}
+
+/// [`read`] with the JPEG decoder `decoder` (see [`super::jpeg`]).
+pub fn read_with(root: &Path, train: &str, test: &str, decoder: JpegDecoder) -> Result<Dataset> {
     let train_dir = root.join(train);
     let classes = class_dirs(&train_dir).with_context(|| layout_hint(root, train))?;
     ensure!(
@@ -49,7 +55,7 @@ pub fn read(root: &Path, train: &str, test: &str) -> Result<Dataset> {
     let n_train = train_files.len();
     let all: Vec<(PathBuf, u32)> = train_files.into_iter().chain(test_files).collect();
 
-    let decoded: Vec<Result<Decoded>> = all.par_iter().map(|(p, _)| decode(p)).collect();
+    let decoded: Vec<Result<Decoded>> = all.par_iter().map(|(p, _)| decode(p, decoder)).collect();
     let mut images = Vec::with_capacity(decoded.len());
     for (d, (path, _)) in decoded.into_iter().zip(&all) {
         images.push(d.with_context(|| format!("cannot decode image {}", path.display()))?);
@@ -167,7 +173,20 @@ fn max_decoded_bytes(file_len: u64) -> u64 {
     file_len.saturating_mul(2048).max(1 << 20)
 }
 
-fn decode(path: &Path) -> Result<Decoded> {
+fn decode(path: &Path, decoder: JpegDecoder) -> Result<Decoded> {
+    if decoder == JpegDecoder::LibjpegTurbo {
+        let bytes = fs::read(path)?;
+        if jpeg::is_jpeg(&bytes) {
+            let max = max_decoded_bytes(bytes.len() as u64);
+            let (width, height, gray, bytes) = jpeg::decode_libjpeg_turbo(&bytes, max)?;
+            return Ok(Decoded {
+                width,
+                height,
+                gray,
+                bytes,
+            });
+        }
+    }
     // The format is guessed from the content, so a PNG named .jpg still decodes.
     let reader = ImageReader::open(path)?.with_guessed_format()?;
     // A header can promise any size: the image crate allows up to 512 MiB for it, and the JPEG

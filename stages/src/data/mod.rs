@@ -17,6 +17,7 @@ pub mod cifar;
 pub mod idx;
 pub mod image_folder;
 pub mod images;
+pub mod jpeg;
 pub mod loader;
 pub mod split;
 

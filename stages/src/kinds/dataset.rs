@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{resolve_typed, KindSpec, ParamError, Role, RunCtx, StageOutput};
+use crate::data::jpeg::JpegDecoder;
 use crate::data::{cifar, idx, image_folder, Dataset};
 
 pub const SPEC: KindSpec = KindSpec {
@@ -53,6 +54,10 @@ pub struct DatasetParams {
     /// The same for the test split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_test: Option<usize>,
+    /// JPEG decoder of image-folder trees: "zune-jpeg" (default; absent from the resolved params,
+    /// so existing keys stay) or "libjpeg-turbo" (PIL's pixels). See `crate::data::jpeg`.
+    #[serde(default, skip_serializing_if = "JpegDecoder::is_default")]
+    pub decoder: JpegDecoder,
 }
 
 fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
@@ -98,6 +103,12 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
             }
         }
     }
+    if !p.decoder.is_default() && p.format != Format::ImageFolder {
+        return Err(err(
+            "decoder",
+            "only image-folder datasets have JPEGs to decode: remove this key".into(),
+        ));
+    }
     for (key, v) in [("limit_train", p.limit_train), ("limit_test", p.limit_test)] {
         if v == Some(0) {
             return Err(err(
@@ -118,7 +129,7 @@ fn run(ctx: &RunCtx) -> Result<StageOutput> {
     let split_name = |s: &Option<String>| s.clone().unwrap_or_default();
     let mut ds = match p.format {
         Format::ImageFolder => {
-            image_folder::read(root, &split_name(&p.train), &split_name(&p.test))
+            image_folder::read_with(root, &split_name(&p.train), &split_name(&p.test), p.decoder)
         }
         Format::CifarBin => cifar::read(root),
         Format::Idx => idx::read(root, &split_name(&p.train), &split_name(&p.test)),

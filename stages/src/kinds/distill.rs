@@ -68,7 +68,8 @@ pub const SPEC: KindSpec = KindSpec {
         RefSpec {
             key: "init",
             role: "init",
-            target: RefTarget::Node(&["pretrain"]),
+            // A pretrain node, or `init = { file, format }` (kinds/import.rs).
+            target: RefTarget::Node(&["pretrain", super::import::KIND]),
             many: false,
             required: false,
         },
@@ -268,8 +269,15 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
     let init_seed = train::seed_for(ctx, "distill.init");
     let student = match ctx.inputs.get("init").and_then(|v| v.first()) {
         Some(init_dir) => {
-            let net =
-                Network::from_pretrained(init_dir, head_layer, num_classes, &device, init_seed)?;
+            let net = super::import::student_init(
+                init_dir,
+                &cfg,
+                &ds,
+                head_layer,
+                num_classes,
+                &device,
+                init_seed,
+            )?;
             // Depth and width name the usual mismatch; the full config shows any other.
             let short = |m: &ModelCfg| format!("depth {} width {}", m.depth, m.width);
             let same_short = short(net.arch()) == short(&cfg);
@@ -361,7 +369,11 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
             "batch_size": batch,
             "peak_lr": spec.peak_lr,
             "student_head_layer": head_layer,
-            "student_init": if ctx.inputs.contains_key("init") { "pretrain" } else { "random" },
+            "student_init": match ctx.inputs.get("init").and_then(|v| v.first()) {
+                Some(dir) if crate::model::import::is_import(dir) => "file",
+                Some(_) => "pretrain",
+                None => "random",
+            },
             "teacher_view": p.teacher_view,
         }),
     })

@@ -27,6 +27,15 @@ pub const SPEC: KindSpec = KindSpec {
             many: false,
             required: true,
         },
+        // Or `init = { file = "…", format = "torchvision" }`: start from a model file
+        // (kinds/import.rs). The same role: one of the two is required.
+        RefSpec {
+            key: "init",
+            role: "from",
+            target: RefTarget::Node(&[super::import::KIND]),
+            many: false,
+            required: false,
+        },
         RefSpec {
             key: "labels",
             role: "labels",

@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod distill;
 pub mod eval;
 pub mod finetune;
+pub mod import;
 pub mod pretrain;
 pub mod split;
 pub mod supervised;
@@ -22,4 +23,5 @@ pub static REGISTRY: &[KindSpec] = &[
     supervised::SPEC,
     distill::SPEC,
     eval::SPEC,
+    import::SPEC,
 ];

@@ -34,13 +34,23 @@ pub const SPEC: KindSpec = KindSpec {
     // now bump that one shared version, never this one).
     version: 2,
     summary: "SimCLR contrastive pretraining (NT-Xent, LARS, optional MoCo-style memory)",
-    refs: &[RefSpec {
-        key: "data",
-        role: "data",
-        target: RefTarget::Dataset,
-        many: false,
-        required: true,
-    }],
+    refs: &[
+        RefSpec {
+            key: "data",
+            role: "data",
+            target: RefTarget::Dataset,
+            many: false,
+            required: true,
+        },
+        // `init = { file = "…", format = "torchvision" }`: start from a model file (kinds/import.rs).
+        RefSpec {
+            key: "init",
+            role: "init",
+            target: RefTarget::Node(&[super::import::KIND]),
+            many: false,
+            required: false,
+        },
+    ],
     role: Role::Train { labels_from: &[] },
     numerics: true,
     resolve_params: resolve,
@@ -322,6 +332,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
         &device,
         train::seed_for(ctx, "pretrain.init"),
     )?;
+    super::import::init_pretrain(ctx, &net)?;
     let memory = match p.memory.size {
         0 => None,
         k => Some(Memory::new(&net, k, p.memory.momentum)?),

@@ -42,7 +42,7 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    fn of(net: &Network) -> Sidecar {
+    pub(crate) fn of(net: &Network) -> Sidecar {
         let s = net.net_shape();
         Sidecar {
             format: FORMAT.to_string(),
@@ -60,7 +60,7 @@ impl Sidecar {
         }
     }
 
-    fn shape(&self) -> NetShape {
+    pub(crate) fn shape(&self) -> NetShape {
         NetShape {
             image_size: self.image_size,
             in_channels: self.in_channels,

@@ -11,11 +11,13 @@ pub mod batchnorm;
 pub mod checkpoint;
 pub mod config;
 pub mod head;
+pub mod import;
 pub mod layers;
 pub mod network;
 pub mod params;
 pub mod resnet;
 pub mod sk;
+pub mod torchvision;
 
 pub use checkpoint::{read_sidecar, ClassifierInfo, Sidecar, SIDECAR_FILE, WEIGHTS_FILE};
 pub use config::{ModelCfg, Stem};

@@ -18,8 +18,8 @@ use crate::optim::{Optimizer, Param};
 
 /// Where the classifier's network comes from.
 pub enum ClassifierInit<'a> {
-    /// A pretrain checkpoint (role `from`), cut at projection-head layer `head_layer`, with a new
-    /// zero-initialized classifier.
+    /// A pretrain checkpoint or an imported model file (role `from`), cut at projection-head layer
+    /// `head_layer`, with a new zero-initialized classifier.
     Pretrained { head_layer: usize },
     /// A fresh network of this architecture with the classifier after `head_layer` head layers.
     Random {
@@ -44,8 +44,16 @@ pub fn train_classifier(
     let init_seed = seed_for(ctx, &format!("{kind}.init"));
     let net = match init {
         ClassifierInit::Pretrained { head_layer } => {
+            // A pretrain checkpoint, or the import of an `init` file (same role).
             let from: &Path = ctx.input("from")?;
-            let net = Network::from_pretrained(from, head_layer, num_classes, &device, init_seed)?;
+            let net = crate::kinds::import::finetune_start(
+                from,
+                head_layer,
+                num_classes,
+                &ds,
+                &device,
+                init_seed,
+            )?;
             super::check_input_shape(&net, &ds, "the pretrained network")?;
             net
         }
