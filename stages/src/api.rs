@@ -47,6 +47,16 @@ pub struct ParamError {
     pub message: String,
 }
 
+impl ParamError {
+    /// The error of key `path` (dotted, empty for the whole table).
+    pub fn new(path: &str, message: impl Into<String>) -> ParamError {
+        ParamError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Receives progress of a running stage. All methods have no-op defaults.
 pub trait Progress: Send + Sync {
     /// Called once when training starts (or resumes at `start_epoch`).

@@ -66,10 +66,6 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         path: String::new(),
         message: e.to_string(),
     })?;
-    let err = |path: &str, message: String| ParamError {
-        path: path.into(),
-        message,
-    };
     let defaults = match p.format {
         Format::ImageFolder => Some(("train", "test")),
         Format::Idx => Some(("train", "t10k")),
@@ -83,11 +79,10 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         None => {
             for (key, v) in [("train", &p.train), ("test", &p.test)] {
                 if v.is_some() {
-                    return Err(err(
+                    return Err(ParamError::new(
                         key,
                         "cifar-bin datasets have fixed file names (data_batch_*.bin / test_batch.bin \
-                         or train.bin / test.bin): remove this key"
-                            .into(),
+                         or train.bin / test.bin): remove this key",
                     ));
                 }
             }
@@ -96,7 +91,7 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
     for (key, v) in [("train", &p.train), ("test", &p.test)] {
         if let Some(s) = v {
             if s.is_empty() || s.contains("..") {
-                return Err(err(
+                return Err(ParamError::new(
                     key,
                     format!("`{s}` must be a non-empty name inside the dataset root"),
                 ));
@@ -104,20 +99,20 @@ fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
         }
     }
     if !p.decoder.is_default() && p.format != Format::ImageFolder {
-        return Err(err(
+        return Err(ParamError::new(
             "decoder",
-            "only image-folder datasets have JPEGs to decode: remove this key".into(),
+            "only image-folder datasets have JPEGs to decode: remove this key",
         ));
     }
     for (key, v) in [("limit_train", p.limit_train), ("limit_test", p.limit_test)] {
         if v == Some(0) {
-            return Err(err(
+            return Err(ParamError::new(
                 key,
-                "must be at least 1 (leave it out for no limit)".into(),
+                "must be at least 1 (leave it out for no limit)",
             ));
         }
     }
-    serde_json::to_value(&p).map_err(|e| err("", e.to_string()))
+    serde_json::to_value(&p).map_err(|e| ParamError::new("", e.to_string()))
 }
 
 fn run(ctx: &RunCtx) -> Result<StageOutput> {

@@ -121,15 +121,11 @@ pub enum TeacherView {
 }
 
 fn check(p: &Params) -> Result<(), ParamError> {
-    let err = |path: &str, message: String| ParamError {
-        path: path.into(),
-        message,
-    };
     if let Some(m) = &p.model {
         train::check_model(m)?;
         if let Some(h) = p.head_layer {
             if h > m.head_layers {
-                return Err(err(
+                return Err(ParamError::new(
                     "head_layer",
                     format!("must be at most model.head_layers = {}", m.head_layers),
                 ));
@@ -138,13 +134,16 @@ fn check(p: &Params) -> Result<(), ParamError> {
     }
     p.training().check()?;
     if !(p.temperature > 0.0 && p.temperature.is_finite()) {
-        return Err(err(
+        return Err(ParamError::new(
             "temperature",
             format!("must be positive, got {}", p.temperature),
         ));
     }
     if !(0.0..=1.0).contains(&p.alpha) {
-        return Err(err("alpha", format!("must be in [0, 1], got {}", p.alpha)));
+        return Err(ParamError::new(
+            "alpha",
+            format!("must be in [0, 1], got {}", p.alpha),
+        ));
     }
     Ok(())
 }

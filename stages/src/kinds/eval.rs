@@ -143,21 +143,20 @@ impl Default for EvalParams {
 fn resolve_params(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
     let v = resolve_typed::<EvalParams>(raw)?;
     let p: EvalParams = serde_json::from_value(v.clone()).expect("just serialized");
-    let err = |path: &str, message: &str| ParamError {
-        path: path.into(),
-        message: message.into(),
-    };
     if p.batch_size == 0 {
-        return Err(err("batch_size", "must be at least 1"));
+        return Err(ParamError::new("batch_size", "must be at least 1"));
     }
     if p.knn_k == 0 {
-        return Err(err("knn_k", "must be at least 1"));
+        return Err(ParamError::new("knn_k", "must be at least 1"));
     }
     if !(p.knn_temperature.is_finite() && p.knn_temperature > 0.0) {
-        return Err(err("knn_temperature", "must be a positive number"));
+        return Err(ParamError::new(
+            "knn_temperature",
+            "must be a positive number",
+        ));
     }
     if !["test", "train", "val"].contains(&p.split.as_str()) {
-        return Err(err(
+        return Err(ParamError::new(
             "split",
             "must be \"test\", \"train\" or \"val\" (with `holdout` naming a split node)",
         ));

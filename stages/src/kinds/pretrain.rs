@@ -133,33 +133,29 @@ impl Default for MemoryParams {
 }
 
 fn check(p: &Params) -> Result<(), ParamError> {
-    let err = |path: &str, message: String| ParamError {
-        path: path.into(),
-        message,
-    };
     train::check_model(&p.model)?;
     p.training().check()?;
     if p.batch_size < 2 {
-        return Err(err(
+        return Err(ParamError::new(
             "batch_size",
-            "contrastive training needs at least 2 images per batch".into(),
+            "contrastive training needs at least 2 images per batch",
         ));
     }
     if !(p.temperature > 0.0 && p.temperature.is_finite()) {
-        return Err(err(
+        return Err(ParamError::new(
             "temperature",
             format!("must be positive, got {}", p.temperature),
         ));
     }
     if !(0.0..=1.0).contains(&p.color_jitter) {
-        return Err(err(
+        return Err(ParamError::new(
             "color_jitter",
             format!("must be in [0, 1], got {}", p.color_jitter),
         ));
     }
     let mon = &p.knn_monitor;
     if !mon.is_off() && (mon.bank == 0 || mon.k == 0) {
-        return Err(err(
+        return Err(ParamError::new(
             "knn_monitor",
             format!(
                 "bank and k must be at least 1, got {} and {}",
@@ -168,7 +164,7 @@ fn check(p: &Params) -> Result<(), ParamError> {
         ));
     }
     if !(0.0..=1.0).contains(&p.memory.momentum) {
-        return Err(err(
+        return Err(ParamError::new(
             "memory.momentum",
             format!("must be in [0, 1], got {}", p.memory.momentum),
         ));

@@ -68,43 +68,45 @@ pub struct SplitParams {
 
 fn resolve(raw: &serde_json::Value) -> Result<serde_json::Value, ParamError> {
     let checked = resolve_typed::<SplitParams>(raw)?;
-    let err = |path: &str, message: String| ParamError {
-        path: path.into(),
-        message,
-    };
-    let mut p: SplitParams = serde_json::from_value(checked).map_err(|e| err("", e.to_string()))?;
+    let mut p: SplitParams =
+        serde_json::from_value(checked).map_err(|e| ParamError::new("", e.to_string()))?;
     let given = [
         p.fraction.is_some(),
         p.per_class.is_some(),
         p.list_file.is_some(),
     ];
     if given.iter().filter(|&&g| g).count() != 1 {
-        return Err(err(
+        return Err(ParamError::new(
             "",
-            "set exactly one of `fraction` (e.g. 0.01), `per_class` (e.g. 25) or `list_file`"
-                .into(),
+            "set exactly one of `fraction` (e.g. 0.01), `per_class` (e.g. 25) or `list_file`",
         ));
     }
     if let Some(f) = p.fraction {
         if !(f > 0.0 && f <= 1.0) {
-            return Err(err("fraction", format!("must be in (0, 1], got {f}")));
+            return Err(ParamError::new(
+                "fraction",
+                format!("must be in (0, 1], got {f}"),
+            ));
         }
     }
     if p.per_class == Some(0) {
-        return Err(err("per_class", "must be at least 1".into()));
+        return Err(ParamError::new("per_class", "must be at least 1"));
     }
     if let Some(h) = p.holdout {
         if !(h > 0.0 && h < 1.0) {
-            return Err(err("holdout", format!("must be in (0, 1), got {h}")));
+            return Err(ParamError::new(
+                "holdout",
+                format!("must be in (0, 1), got {h}"),
+            ));
         }
     }
     p.list_digest = match &p.list_file {
-        Some(path) => {
-            Some(digest(Path::new(path)).map_err(|e| err("list_file", format!("{e:#}")))?)
-        }
+        Some(path) => Some(
+            digest(Path::new(path)).map_err(|e| ParamError::new("list_file", format!("{e:#}")))?,
+        ),
         None => None,
     };
-    serde_json::to_value(&p).map_err(|e| err("", e.to_string()))
+    serde_json::to_value(&p).map_err(|e| ParamError::new("", e.to_string()))
 }
 
 fn digest(path: &Path) -> Result<String> {

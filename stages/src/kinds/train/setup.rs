@@ -149,18 +149,17 @@ pub fn labeled_batches(
 
 /// Checks shared by the training kinds' params; `Err` names the offending key.
 pub fn check_schedule(s: &Schedule, momentum: f64) -> Result<(), crate::api::ParamError> {
-    let err = |path: &str, message: String| crate::api::ParamError {
-        path: path.into(),
-        message,
-    };
     if s.epochs == 0 {
-        return Err(err("epochs", "must be at least 1".into()));
+        return Err(crate::api::ParamError::new("epochs", "must be at least 1"));
     }
     if s.batch_size == 0 {
-        return Err(err("batch_size", "must be at least 1".into()));
+        return Err(crate::api::ParamError::new(
+            "batch_size",
+            "must be at least 1",
+        ));
     }
     if !(s.lr.is_finite() && s.lr >= 0.0) {
-        return Err(err(
+        return Err(crate::api::ParamError::new(
             "lr",
             format!("must be a finite number ≥ 0, got {}", s.lr),
         ));
@@ -169,13 +168,13 @@ pub fn check_schedule(s: &Schedule, momentum: f64) -> Result<(), crate::api::Par
         && s.warmup_epochs >= 0.0
         && s.warmup_epochs <= s.epochs as f64)
     {
-        return Err(err(
+        return Err(crate::api::ParamError::new(
             "warmup_epochs",
             format!("must be in [0, epochs], got {}", s.warmup_epochs),
         ));
     }
     if !(0.0..1.0).contains(&momentum) {
-        return Err(err(
+        return Err(crate::api::ParamError::new(
             "momentum",
             format!("must be in [0, 1), got {momentum}"),
         ));
