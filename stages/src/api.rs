@@ -170,6 +170,9 @@ pub enum Role {
     Eval(EvalSpec),
 }
 
+/// Scalar metrics by name, as records hold them.
+pub type Metrics = BTreeMap<String, f64>;
+
 /// How an evaluating kind's records read as per-model results.
 #[derive(Debug, Clone, Copy)]
 pub struct EvalSpec {
@@ -180,7 +183,7 @@ pub struct EvalSpec {
     pub default_split: &'static str,
     /// The metrics of each scored model (in `models` order) from the record's metrics, given the
     /// number of models; `None` when the metrics are about the node as a whole.
-    pub per_model: fn(&BTreeMap<String, f64>, usize) -> Option<Vec<BTreeMap<String, f64>>>,
+    pub per_model: fn(&Metrics, usize) -> Option<Vec<Metrics>>,
 }
 
 impl KindSpec {
