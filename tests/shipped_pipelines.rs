@@ -103,6 +103,7 @@ fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
         ("pipelines/tuning/cifar10-finetune-final.toml", 19),
         ("pipelines/tuning/cifar10-distill.toml", 24),
         ("pipelines/tuning/cifar10-distill-view.toml", 11),
+        ("pipelines/tuning/cifar10-distill-epochs.toml", 10),
         ("pipelines/tuning/quickstart-lr.toml", 48),
         ("pipelines/tuning/quickstart-distill.toml", 36),
         ("pipelines/tuning/fashion-mnist-lr.toml", 32),
