@@ -27,6 +27,12 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// The positions (into `0..n`) of training step `step`'s full batch of `batch` in epoch `epoch`:
+/// the step's slice of [`epoch_order`]. Every training kind draws its batches this way.
+pub fn step_batch(n: usize, seed: u64, epoch: usize, step: usize, batch: usize) -> Vec<usize> {
+    epoch_order(n, seed, epoch)[step * batch..(step + 1) * batch].to_vec()
+}
+
 /// Number of batches of `batch_size` in `n` samples; with `drop_last` an incomplete final batch is
 /// dropped (contrastive training wants full batches), otherwise it is kept (evaluation wants all).
 pub fn num_batches(n: usize, batch_size: usize, drop_last: bool) -> usize {

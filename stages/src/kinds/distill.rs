@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::train::{self, StepLoss, Trainer, Training};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
-use crate::data::loader::{augment_batch, epoch_order};
+use crate::data::loader::{augment_batch, step_batch};
 use crate::device::DeviceChoice;
 use crate::loss::{cross_entropy, soft_cross_entropy};
 use crate::model::{ModelCfg, Network};
@@ -336,8 +336,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
     let seed = train::seed_for(ctx, "distill.data");
     let aug = AugmentCfg::crop_flip();
     let make_batch = move |epoch: usize, step: usize| -> anyhow::Result<Batch> {
-        let order = epoch_order(images.n, seed, epoch);
-        let ids = &order[step * batch..(step + 1) * batch];
+        let ids = &step_batch(images.n, seed, epoch, step, batch);
         let x = augment_batch(&images, ids, &aug, seed, epoch, 0, &device)?;
         let teacher_logits = match &clean_logits {
             Some(all) => {

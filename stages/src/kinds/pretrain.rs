@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::train::{self, LoopSpec, StepLoss, Trainer, Training};
 use crate::api::{KindSpec, ParamError, RefSpec, RefTarget, Role, RunCtx, StageOutput};
 use crate::augment::AugmentCfg;
-use crate::data::loader::{augment_batch, epoch_order};
+use crate::data::loader::{augment_batch, epoch_order, step_batch};
 use crate::data::Images;
 use crate::device::DeviceChoice;
 use crate::evaluate::{ClassScores, EncoderKnn};
@@ -347,8 +347,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
     let seed = train::seed_for(ctx, "pretrain.data");
     let data = images.clone();
     let make_batch = move |epoch: usize, step: usize| -> anyhow::Result<Tensor> {
-        let order = epoch_order(data.n, seed, epoch);
-        let ids = &order[step * batch..(step + 1) * batch];
+        let ids = &step_batch(data.n, seed, epoch, step, batch);
         let v1 = augment_batch(&data, ids, &aug, seed, epoch, 0, &device)?;
         let v2 = augment_batch(&data, ids, &aug, seed, epoch, 1, &device)?;
         Ok(Tensor::cat(&[&v1, &v2], 0)?)

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{batches_per_epoch, prefixed, with_prefix, LoopSpec};
 use crate::api::RunCtx;
 use crate::augment::AugmentCfg;
-use crate::data::loader::{augment_batch, epoch_order, labels_tensor};
+use crate::data::loader::{augment_batch, labels_tensor, step_batch};
 use crate::data::{derive_seed, Dataset, Images};
 use crate::model::{ModelCfg, Network};
 use crate::optim::{Optimizer, Param, Scaling};
@@ -136,8 +136,7 @@ pub fn labeled_batches(
     device: Device,
 ) -> impl Fn(usize, usize) -> anyhow::Result<(Tensor, Tensor)> + Send + 'static {
     move |epoch, step| {
-        let order = epoch_order(ids.len(), seed, epoch);
-        let chosen: Vec<usize> = order[step * batch..(step + 1) * batch]
+        let chosen: Vec<usize> = step_batch(ids.len(), seed, epoch, step, batch)
             .iter()
             .map(|&i| ids[i])
             .collect();
