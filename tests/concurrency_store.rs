@@ -10,6 +10,9 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod polling;
+use polling::wait_for;
+
 /// Every pipeline has `shared_pre`; `shared_mid` is in pipelines 0 and 1, `shared_side` in 2 and
 /// 3; `own{k}` and `eval{k}` are pipeline k's alone. Shared nodes are written identically (same
 /// parameters, same pipeline seed), so they have one cache key.
@@ -115,14 +118,6 @@ fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<Run> {
         }
     }
     runs.into_iter().map(Option::unwrap).collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

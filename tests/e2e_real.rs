@@ -5,7 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod polling;
+use polling::wait_for;
 
 mod real_support;
 use real_support::Recipe;
@@ -221,15 +224,6 @@ fn full_recipe_runs_caches_reruns_what_changed_and_audits() {
     assert!(will_run(&after).is_empty(), "{after:?}");
 
     env.run(&["audit", &p, "--verify"]).ok();
-}
-
-/// Polls `f` every 20 ms until it holds, failing after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

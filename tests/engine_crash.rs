@@ -2,7 +2,10 @@
 
 mod engine_support;
 use engine_support::{finish, Env};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod polling;
+use polling::wait_for;
 
 const SLOW: &str = r#"
 [pipeline]
@@ -14,14 +17,6 @@ kind = "toy-train"
 epochs = 8
 sleep_ms = 150
 "#;
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn kill_9_mid_training_resumes_from_checkpoint_bit_identically() {

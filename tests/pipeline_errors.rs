@@ -117,9 +117,9 @@ fn cases() -> Vec<Case> {
         case(
             "dataset where a node is expected",
             format!("{HEAD}{PRETRAIN}[nodes.eval]\nkind = \"eval\"\nmodels = [\"pretrain\", \"cifar10\"]\n"),
-            "`pretrain` is a pretrain node, but `models` must name a node of kind finetune or distill or supervised",
+            "`cifar10` is a dataset, but `models` must name a node of kind finetune or supervised or distill or pretrain",
             13,
-            11,
+            23,
         ),
         case(
             "undefined dataset",

@@ -1,4 +1,4 @@
-//! The pipeline files in `pipelines/` stay valid against the real stage kinds: node counts, the
+//! The pipeline files in `pipelines/` stay valid against the real stage kinds: their DAG shape, the
 //! 1%-only variants reading the unswept split, the validation evals naming their holdout, and the
 //! distillation students starting from pretrained checkpoints of their own size.
 //! Dataset roots come from the environment variables the files read, pointed at an empty
@@ -24,13 +24,16 @@ fn semiflow(args: &[&str], root: &Path) -> String {
     stdout
 }
 
-/// `semiflow validate FILE` accepts the file and counts `nodes` nodes.
-fn assert_validates(file: &str, nodes: usize, root: &Path) {
+/// `semiflow validate FILE` accepts the file and plans at least one node. (No exact node counts:
+/// an ordinary edit of a pipeline must not break CI; the DAG checks below pin what matters.)
+fn assert_validates(file: &str, root: &Path) {
     let out = semiflow(&["validate", file], root);
-    assert!(
-        out.contains(&format!("ok ({nodes} nodes)")),
-        "{file}: {out}"
-    );
+    let count = out
+        .split("ok (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(count.is_some_and(|n| n > 0), "{file}: {out}");
 }
 
 /// `semiflow dag FILE` names every one of `needles` (node names, edge lists).
@@ -44,12 +47,12 @@ fn assert_dag_has(file: &str, root: &Path, needles: &[&str]) {
 #[test]
 fn shipped_pipelines_validate_with_the_expected_shape() {
     let root = tempfile::tempdir().unwrap();
-    for (file, nodes) in [
-        ("pipelines/quickstart.toml", 19),
-        ("pipelines/cifar10.toml", 28),
-        ("pipelines/fashion-mnist.toml", 49),
+    for file in [
+        "pipelines/quickstart.toml",
+        "pipelines/cifar10.toml",
+        "pipelines/fashion-mnist.toml",
     ] {
-        assert_validates(file, nodes, root.path());
+        assert_validates(file, root.path());
         assert_dag_has(file, root.path(), &["split", "eval_val"]);
     }
     assert_dag_has(
@@ -77,7 +80,7 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
     );
     // CIFAR-10's extra seeds: the test-set eval of every (label fraction, seed) pair, reading the
     // same pretrained encoders and splits as cifar10.toml.
-    assert_validates("pipelines/cifar10-seeds.toml", 35, root.path());
+    assert_validates("pipelines/cifar10-seeds.toml", root.path());
     assert_dag_has(
         "pipelines/cifar10-seeds.toml",
         root.path(),
@@ -96,17 +99,17 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
 fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
     let root = tempfile::tempdir().unwrap();
     let sweeps = [
-        ("pipelines/tuning/cifar10-pretrain.toml", 4),
-        ("pipelines/tuning/cifar10-lr-1pct.toml", 19),
-        ("pipelines/tuning/cifar10-lr-10pct.toml", 11),
-        ("pipelines/tuning/cifar10-sgd.toml", 19),
-        ("pipelines/tuning/cifar10-finetune-final.toml", 19),
-        ("pipelines/tuning/cifar10-distill.toml", 24),
-        ("pipelines/tuning/cifar10-distill-view.toml", 11),
-        ("pipelines/tuning/cifar10-distill-epochs.toml", 10),
-        ("pipelines/tuning/quickstart-lr.toml", 48),
-        ("pipelines/tuning/quickstart-distill.toml", 36),
-        ("pipelines/tuning/fashion-mnist-lr.toml", 32),
+        "pipelines/tuning/cifar10-pretrain.toml",
+        "pipelines/tuning/cifar10-lr-1pct.toml",
+        "pipelines/tuning/cifar10-lr-10pct.toml",
+        "pipelines/tuning/cifar10-sgd.toml",
+        "pipelines/tuning/cifar10-finetune-final.toml",
+        "pipelines/tuning/cifar10-distill.toml",
+        "pipelines/tuning/cifar10-distill-view.toml",
+        "pipelines/tuning/cifar10-distill-epochs.toml",
+        "pipelines/tuning/quickstart-lr.toml",
+        "pipelines/tuning/quickstart-distill.toml",
+        "pipelines/tuning/fashion-mnist-lr.toml",
     ];
     // A sweep added to the directory is checked too, not silently skipped.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tuning");
@@ -120,14 +123,11 @@ fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
         })
         .collect();
     on_disk.sort();
-    let mut listed: Vec<String> = sweeps.iter().map(|(f, _)| f.to_string()).collect();
+    let mut listed: Vec<String> = sweeps.iter().map(|f| f.to_string()).collect();
     listed.sort();
-    assert_eq!(
-        on_disk, listed,
-        "list every tuning sweep here with its node count"
-    );
-    for (file, nodes) in sweeps {
-        assert_validates(file, nodes, root.path());
+    assert_eq!(on_disk, listed, "list every tuning sweep here");
+    for file in sweeps {
+        assert_validates(file, root.path());
         let text =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
         let evals = text.matches("kind = \"eval\"").count();

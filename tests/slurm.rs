@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+mod polling;
+
 use engine_support::{finish, Env, Run, PIPELINE};
 
 /// Tests that take the cluster's only node down hold this for writing; every other test holds it
@@ -182,14 +184,6 @@ fn artifacts(env: &Env, nodes: &[&str]) -> BTreeMap<String, String> {
 
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The journaled jobs of a store: (node, job id, attempt).
@@ -511,11 +505,11 @@ sleep_ms = 1000
             .flatten()
             .any(|d| d.path().join("toy.ckpt").exists())
     };
-    wait_for("the first job", Duration::from_secs(60), || {
+    wait_for_slurm("the first job", Duration::from_secs(60), || {
         journal(&env.store).len() == 1
     });
     let (_, job, _) = journal(&env.store)[0].clone();
-    wait_for("an epoch checkpoint", Duration::from_secs(60), ckpt);
+    wait_for_slurm("an epoch checkpoint", Duration::from_secs(60), ckpt);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(Command::new("scancel")
         .arg(&job)
@@ -589,7 +583,7 @@ models = ["b", "c"]
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("a and b submitted", Duration::from_secs(60), || {
+    wait_for_slurm("a and b submitted", Duration::from_secs(60), || {
         journal(&env.store).len() == 2
     });
     child.kill().unwrap(); // SIGKILL
@@ -678,11 +672,11 @@ sleep_ms = 1000
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the job", Duration::from_secs(60), || {
+    wait_for_slurm("the job", Duration::from_secs(60), || {
         journal(&env.store).len() == 1
     });
     let (_, job, _) = journal(&env.store)[0].clone();
-    wait_for("the job running", Duration::from_secs(60), || {
+    wait_for_slurm("the job running", Duration::from_secs(60), || {
         squeue_state(&job) == "RUNNING"
     });
     // While the coordinator holds the store, `status` lists its jobs and their Slurm states.
@@ -706,7 +700,7 @@ sleep_ms = 1000
         "{}",
         r.stderr
     );
-    wait_for("the job cancelled", Duration::from_secs(30), || {
+    wait_for_slurm("the job cancelled", Duration::from_secs(30), || {
         let s = squeue_state(&job);
         s == "CANCELLED" || s.is_empty()
     });
@@ -824,17 +818,17 @@ sleep_ms = 1000
     let a = spawn(&retry, &rf, &["--retries", "1"]);
     let b = spawn(&once, &of, &["--state-query", "squeue"]);
     let job_of = |env: &Env| {
-        wait_for("the job", Duration::from_secs(60), || {
+        wait_for_slurm("the job", Duration::from_secs(60), || {
             journal(&env.store).len() == 1
         });
         journal(&env.store)[0].1.clone()
     };
     let (ja, jb) = (job_of(&retry), job_of(&once));
-    wait_for("both jobs running", Duration::from_secs(60), || {
+    wait_for_slurm("both jobs running", Duration::from_secs(60), || {
         squeue_state(&ja) == "RUNNING" && squeue_state(&jb) == "RUNNING"
     });
     // `retry` has a checkpoint to resume from.
-    wait_for("an epoch checkpoint", Duration::from_secs(60), || {
+    wait_for_slurm("an epoch checkpoint", Duration::from_secs(60), || {
         std::fs::read_dir(retry.store.join("resume"))
             .into_iter()
             .flatten()
@@ -852,7 +846,7 @@ sleep_ms = 1000
         .status()
         .unwrap();
     assert!(down.success());
-    wait_for("both jobs NODE_FAIL", Duration::from_secs(60), || {
+    wait_for_slurm("both jobs NODE_FAIL", Duration::from_secs(60), || {
         squeue_state(&ja) == "NODE_FAIL" && squeue_state(&jb) == "NODE_FAIL"
     });
     // Bring the node back (ReturnToService=2 may already have: then `resume` is refused).
@@ -860,7 +854,7 @@ sleep_ms = 1000
         .args(["update", &format!("nodename={node}"), "state=resume"])
         .stderr(Stdio::null())
         .status();
-    wait_for("the node back", Duration::from_secs(60), || {
+    wait_for_slurm("the node back", Duration::from_secs(60), || {
         let o = Command::new("sinfo")
             .args(["-h", "-N", "-o", "%T"])
             .output()
@@ -948,12 +942,12 @@ sleep_ms = 1000
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the job", Duration::from_secs(60), || {
+    wait_for_slurm("the job", Duration::from_secs(60), || {
         journal(&env.store).len() == 1
     });
     let (_, job, _) = journal(&env.store)[0].clone();
     // Running for real: its first epoch checkpointed (so its Slurm output file exists).
-    wait_for("an epoch checkpoint", Duration::from_secs(60), || {
+    wait_for_slurm("an epoch checkpoint", Duration::from_secs(60), || {
         std::fs::read_dir(env.store.join("resume"))
             .into_iter()
             .flatten()
@@ -968,7 +962,7 @@ sleep_ms = 1000
         .unwrap()
         .success());
     let min_age = slurm_config("MinJobAge");
-    wait_for(
+    wait_for_slurm(
         &format!("the controller forgetting job {job} (MinJobAge = {min_age})"),
         Duration::from_secs(180),
         || {
@@ -1052,4 +1046,9 @@ sleep_ms = 1000
         "{line}"
     );
     assert!(line.contains("it was cancelled"), "{line}");
+}
+
+/// [`polling::wait_for_every`] at 100 ms: the conditions ask Slurm's controller.
+fn wait_for_slurm(what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    polling::wait_for_every(what, timeout, Duration::from_millis(100), f)
 }

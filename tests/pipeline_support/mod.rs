@@ -175,6 +175,8 @@ pub static KINDS: &[KindSpec] = &[
         &[
             node("from", &["pretrain"], false, true),
             node("labels", &["split"], false, true),
+            // Required by the real kind; optional here so the plan tests' small fixtures stay short.
+            data(false),
         ],
         true,
         resolve_typed::<FinetuneParams>,
@@ -185,6 +187,7 @@ pub static KINDS: &[KindSpec] = &[
             node("teacher", &["finetune", "distill"], false, true),
             data(true),
             node("labels", &["split"], false, false),
+            node("init", &["pretrain"], false, false),
         ],
         true,
         resolve_typed::<DistillParams>,
@@ -198,8 +201,14 @@ pub static KINDS: &[KindSpec] = &[
     kind(
         "eval",
         &[
-            node("models", &["finetune", "distill", "supervised"], true, true),
+            node(
+                "models",
+                &["finetune", "supervised", "distill", "pretrain"],
+                true,
+                true,
+            ),
             data(false),
+            node("holdout", &["split"], false, false),
         ],
         false,
         resolve_typed::<EvalParams>,

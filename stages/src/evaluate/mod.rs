@@ -19,7 +19,7 @@ use crate::data::Images;
 use crate::model::Network;
 
 /// Refuse images whose shape differs from the network's input.
-pub fn check_compatible(net: &Network, images: &Images) -> Result<()> {
+pub fn check_images_fit(net: &Network, images: &Images) -> Result<()> {
     ensure!(
         images.c == net.in_channels()
             && images.h == net.image_size()
@@ -43,7 +43,7 @@ pub fn extract(
     batch_size: usize,
     ctx: Option<&RunCtx>,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    check_compatible(net, images)?;
+    check_images_fit(net, images)?;
     let (mut feats, mut logits) = (Vec::new(), Vec::new());
     let ids: Vec<usize> = (0..images.n).collect();
     for chunk in ids.chunks(batch_size.max(1)) {

@@ -140,7 +140,7 @@ where
         tensors,
     }) = load_checkpoint(ctx.resume_dir)?
     {
-        check_compatible(&saved, &state)?;
+        check_same_run(&saved, &state)?;
         trainer
             .load_state(&tensors)
             .with_context(|| format!("restoring the checkpoint in {}", ctx.resume_dir.display()))?;
@@ -233,7 +233,7 @@ where
     })
 }
 
-fn check_compatible(saved: &LoopState, now: &LoopState) -> anyhow::Result<()> {
+fn check_same_run(saved: &LoopState, now: &LoopState) -> anyhow::Result<()> {
     let same = saved.kind == now.kind
         && saved.epochs == now.epochs
         && saved.steps_per_epoch == now.steps_per_epoch
