@@ -15,7 +15,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
+
+mod real_support;
+use real_support::{cifar_tiny, semiflow, Recipe};
 
 use candle_core::{DType, Device, Tensor};
 use semiflow_stages::data::Dataset;
@@ -451,57 +455,23 @@ fn the_head_travels_as_an_fc_sequential() {
 // Through the binary, on real JPEGs.
 
 fn tiny_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cifar10-tiny")
+    cifar_tiny()
 }
 
 /// The toy recipe of tests/device_select.rs plus a distill student started from the pretrain node.
 fn recipe() -> String {
-    format!(
-        r#"
-[pipeline]
-name = "device"
-seed = 0
-
-[datasets.cifar]
-format = "image-folder"
-root = "{root}"
-
-[nodes.split]
-kind = "split"
-data = "cifar"
-per_class = 3
-
-[nodes.pretrain]
-kind = "pretrain"
-data = "cifar"
-model = {{ depth = 10, width = 0.125 }}
-epochs = 1
-batch_size = 64
-knn_monitor = {{ queries = 50, bank = 200, k = 20 }}
-
-[nodes.finetune]
-kind = "finetune"
-from = "pretrain"
-labels = "split"
-data = "cifar"
-epochs = 2
-batch_size = 64
-
-[nodes.supervised]
-kind = "supervised"
-labels = "split"
-data = "cifar"
-model = {{ depth = 10, width = 0.125 }}
-epochs = 2
-batch_size = 64
-
-[nodes.distill]
-kind = "distill"
-teacher = "finetune"
-data = "cifar"
-epochs = 1
-batch_size = 64
-
+    let base = Recipe {
+        knn_monitor: true,
+        supervised: true,
+        ..Recipe::cifar("device", &cifar_tiny())
+    }
+    .toml();
+    let models = r#"models = ["finetune", "supervised", "distill"]"#;
+    assert!(base.contains(models));
+    base.replace(
+        models,
+        r#"models = ["finetune", "supervised", "distill", "distill_init"]"#,
+    ) + r#"
 [nodes.distill_init]
 kind = "distill"
 teacher = "finetune"
@@ -509,14 +479,7 @@ init = "pretrain"
 data = "cifar"
 epochs = 1
 batch_size = 64
-
-[nodes.eval]
-kind = "eval"
-data = "cifar"
-models = ["finetune", "supervised", "distill", "distill_init"]
-"#,
-        root = tiny_root().display()
-    )
+"#
 }
 
 /// `recipe()`'s keys as the binary computed them before `init` files existed (built from
@@ -581,13 +544,10 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(env!("CARGO_BIN_EXE_semiflow"))
+        let out = semiflow()
             .args(args)
             .arg("--store")
             .arg(self.path("store"))
-            .env_remove("SEMIFLOW_TEST_KINDS")
-            .env_remove("SEMIFLOW_STORE")
-            .env_remove("RUST_LOG")
             .output()
             .unwrap();
         Out {

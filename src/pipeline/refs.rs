@@ -8,9 +8,8 @@ use semiflow_stages::kinds::import::KIND as IMPORT_KIND;
 
 use super::error::{suggest, Problem, Problems, Span};
 use super::nodes::Known;
-use super::schema::{type_problem, FileDecl, RefUse, Target};
+use super::schema::{expand_path, type_problem, FileDecl, RefUse, Target};
 use super::spanned::{join, Kind, Table, Value};
-use super::subst::expand_env;
 
 /// How a model file is given where a reference takes one.
 const FILE_FORM: &str = "{ file = \"model.safetensors\", format = \"torchvision\" }";
@@ -306,18 +305,7 @@ fn resolve_file(
         );
         return None;
     }
-    let expanded = match expand_env(raw, known.env) {
-        Ok(s) => s,
-        Err(msg) => {
-            problems.push(
-                Problem::at(&v.span, path, msg)
-                    .help("export the variable, or give a default: `${VAR:-fallback/path}`"),
-            );
-            return None;
-        }
-    };
-    let joined = known.base_dir.join(&expanded);
-    let resolved = std::path::absolute(&joined).unwrap_or(joined);
+    let resolved = expand_path(raw, &v.span, path, known.env, known.base_dir, problems)?;
     if !resolved.is_file() {
         let what = if resolved.is_dir() {
             "is a directory, not a file"

@@ -324,6 +324,30 @@ fn read_dataset(
     })
 }
 
+/// A path setting with `${ENV_VAR}` / `${ENV_VAR:-default}` expanded, made absolute against the
+/// pipeline file's directory (dataset roots, `init` files); an unset variable is a problem at `span`.
+pub(super) fn expand_path(
+    raw: &str,
+    span: &Span,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    let expanded = match expand_env(raw, env) {
+        Ok(s) => s,
+        Err(msg) => {
+            problems.push(
+                Problem::at(span, path, msg)
+                    .help("export the variable, or give a default: `${VAR:-fallback/path}`"),
+            );
+            return None;
+        }
+    };
+    let joined = base_dir.join(&expanded);
+    Some(std::path::absolute(&joined).unwrap_or(joined))
+}
+
 fn resolve_root(
     v: &Value,
     path: &str,
@@ -334,18 +358,7 @@ fn resolve_root(
         problems.push(type_problem(v, path, "a string (a directory path)"));
         return None;
     };
-    let expanded = match expand_env(raw, cx.env) {
-        Ok(s) => s,
-        Err(msg) => {
-            problems.push(
-                Problem::at(&v.span, path, msg)
-                    .help("export the variable, or give a default: `${VAR:-fallback/path}`"),
-            );
-            return None;
-        }
-    };
-    let joined = cx.base_dir.join(&expanded);
-    let resolved = std::path::absolute(&joined).unwrap_or(joined);
+    let resolved = expand_path(raw, &v.span, path, cx.env, cx.base_dir, problems)?;
     if !resolved.is_dir() {
         let what = if resolved.exists() {
             "is not a directory"
