@@ -8,7 +8,7 @@
 //! clean teacher and a noised student) while the student still learns on random crops.
 //!
 //! Inputs: `teacher` (a finetune, distill or supervised node), `data`, optional `labels` (a split
-//! node; needed when `alpha` > 0), optional `init` (a pretrain node). Output: the student
+//! node; needed when `alpha` > 0), optional `init` (a pretrain or classifier node). Output: the student
 //! checkpoint. Metrics: final `loss` and `agreement` (fraction of images where student and teacher
 //! predict the same class); series.
 //!
@@ -20,6 +20,9 @@
 //! student then begins where its teacher's fine-tuning began, but learns from the teacher's labels
 //! on every unlabeled image. Under a CPU budget of a few distillation epochs this is what lets a
 //! self-distilled student match or beat its teacher; a random-init student needs far more epochs.
+//! `init` may also name a classifier node (finetune, distill, supervised): the student then starts
+//! as that network, classifier included (`init = "finetune"`, the teacher itself, makes
+//! self-distillation a continuation of the teacher on its own soft labels of the unlabeled images).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -68,8 +71,15 @@ pub const SPEC: KindSpec = KindSpec {
         RefSpec {
             key: "init",
             role: "init",
-            // A pretrain node, or `init = { file, format }` (kinds/import.rs).
-            target: RefTarget::Node(&["pretrain", super::import::KIND]),
+            // A pretrain node, a classifier node (the student starts as that network: the teacher
+            // itself for self-distillation), or `init = { file, format }` (kinds/import.rs).
+            target: RefTarget::Node(&[
+                "pretrain",
+                "finetune",
+                "distill",
+                "supervised",
+                super::import::KIND,
+            ]),
             many: false,
             required: false,
         },
@@ -266,9 +276,10 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
     let cfg = p.model.clone().unwrap_or_else(|| teacher.arch().clone());
     let head_layer = p.head_layer.unwrap_or(teacher_head);
     let init_seed = train::seed_for(ctx, "distill.init");
+    let mut student_init = "random";
     let student = match ctx.inputs.get("init").and_then(|v| v.first()) {
         Some(init_dir) => {
-            let net = super::import::student_init(
+            let (net, from) = super::import::student_init(
                 init_dir,
                 &cfg,
                 &ds,
@@ -277,6 +288,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
                 &device,
                 init_seed,
             )?;
+            student_init = from;
             // Depth and width name the usual mismatch; the full config shows any other.
             let short = |m: &ModelCfg| format!("depth {} width {}", m.depth, m.width);
             let same_short = short(net.arch()) == short(&cfg);
@@ -367,11 +379,7 @@ fn run_on(ctx: &RunCtx, p: Params, device: candle_core::Device) -> anyhow::Resul
             "batch_size": batch,
             "peak_lr": spec.peak_lr,
             "student_head_layer": head_layer,
-            "student_init": match ctx.inputs.get("init").and_then(|v| v.first()) {
-                Some(dir) if crate::model::import::is_import(dir) => "file",
-                Some(_) => "pretrain",
-                None => "random",
-            },
+            "student_init": student_init,
             "teacher_view": p.teacher_view,
         }),
     })
@@ -543,6 +551,33 @@ mod tests {
         let random = student("random", false);
         assert_eq!(random.run().unwrap().details["student_init"], "random");
         assert!(max_diff(&pretrained, &kernels(&random.out)) > 1e-2);
+
+        // From a classifier (the teacher itself): the student starts as the teacher, classifier
+        // included, so at a vanishing rate every weight is the teacher's (BatchNorm's running
+        // statistics still move); a student whose classifier sits elsewhere is refused with both
+        // head layers named.
+        let all = |dir: &std::path::Path| {
+            candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .filter(|(k, _)| !k.contains("running"))
+                .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let mut from_teacher = student("from_teacher", false);
+        from_teacher.inputs.push(("init", teacher.out.clone()));
+        let out = from_teacher.run().unwrap();
+        assert_eq!(out.details["student_init"], "classifier");
+        assert!(all(&teacher.out).keys().any(|k| k.contains("classifier")));
+        assert!(max_diff(&all(&teacher.out), &all(&from_teacher.out)) < 1e-6);
+        let mut elsewhere = student("elsewhere", false);
+        elsewhere.inputs.push(("init", teacher.out.clone()));
+        elsewhere.params["head_layer"] = serde_json::json!(0);
+        let err = format!("{:#}", elsewhere.run().unwrap_err());
+        assert!(
+            err.contains("head layer 1") && err.contains("head layer 0"),
+            "{err}"
+        );
 
         let mut other = student("other", true);
         let mut model = tiny_model();

@@ -119,7 +119,9 @@ pub fn finetune_start(
 }
 
 /// `distill`'s `init`: a pretrain checkpoint (the student takes its architecture, checked
-/// against `cfg` by the caller) or an import (loaded into a student built from `cfg`).
+/// against `cfg` by the caller), a classifier checkpoint (the student is that network), or an
+/// import (loaded into a student built from `cfg`). Also says which: "pretrain", "classifier",
+/// "file".
 pub fn student_init(
     dir: &Path,
     cfg: &ModelCfg,
@@ -128,9 +130,28 @@ pub fn student_init(
     num_classes: usize,
     device: &Device,
     seed: u64,
-) -> Result<Network> {
+) -> Result<(Network, &'static str)> {
     if !import::is_import(dir) {
-        return Network::from_pretrained(dir, head_layer, num_classes, device, seed);
+        let net = Network::load(dir, device)?;
+        if net.num_classes().is_none() {
+            let net = Network::from_pretrained(dir, head_layer, num_classes, device, seed)?;
+            return Ok((net, "pretrain"));
+        }
+        // A classifier checkpoint (a fine-tuned, distilled or supervised network): the student
+        // starts as that network, head and classifier included, so both must sit where the
+        // student's do.
+        anyhow::ensure!(
+            net.num_classes() == Some(num_classes) && net.head_layer() == Some(head_layer),
+            "init {} is a classifier with {} classes on head layer {}, but the student has {} \
+             classes on head layer {} (give the student the init's `head_layer`, or init from a \
+             pretrain node)",
+            dir.display(),
+            net.num_classes().unwrap_or(0),
+            net.head_layer().unwrap_or(0),
+            num_classes,
+            head_layer
+        );
+        return Ok((net, "classifier"));
     }
     let net = Network::new_classifier(
         cfg,
@@ -143,5 +164,5 @@ pub fn student_init(
     )?;
     import::load_into(&net, dir, "the student")?;
     train::check_input_shape(&net, ds, "the student")?;
-    Ok(net)
+    Ok((net, "file"))
 }
