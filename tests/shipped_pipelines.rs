@@ -62,7 +62,7 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
             "from: pretrain; labels: split_1pct",
             "from: pretrain_memory; labels: split_1pct",
             "holdout: split_1pct; models: finetune_layer0, finetune_memory",
-            "init: pretrain; teacher: finetune[label_fraction=0.01]",
+            "init: finetune[label_fraction=0.01]; teacher: finetune[label_fraction=0.01]",
             "init: pretrain_small; teacher: finetune[label_fraction=0.1]",
             "from: pretrain_small; labels: split[label_fraction=0.01]",
         ],
@@ -76,6 +76,20 @@ fn shipped_pipelines_validate_with_the_expected_shape() {
             "supervised_small[label_fraction=0.1,seed=2]",
             "eval_val[label_fraction=0.01,seed=1]",
             "init: pretrain; teacher: finetune_1pct",
+        ],
+    );
+    // The long CIFAR-10 run: a 10-epoch encoder of its own, cifar10.toml's small encoder and
+    // splits (same keys), and the self-distilled student starting as its teacher.
+    assert_validates("pipelines/cifar10-long.toml", root.path());
+    assert_dag_has(
+        "pipelines/cifar10-long.toml",
+        root.path(),
+        &[
+            "split",
+            "eval_val",
+            "from: pretrain; labels: split_1pct",
+            "init: pretrain_small; teacher: finetune[label_fraction=0.1]",
+            "init: finetune[label_fraction=0.01]; teacher: finetune[label_fraction=0.01]",
         ],
     );
     // CIFAR-10's extra seeds: the test-set eval of every (label fraction, seed) pair, reading the
@@ -107,6 +121,8 @@ fn tuning_sweeps_validate_and_evaluate_on_validation_only() {
         "pipelines/tuning/cifar10-distill.toml",
         "pipelines/tuning/cifar10-distill-view.toml",
         "pipelines/tuning/cifar10-distill-epochs.toml",
+        "pipelines/tuning/cifar10-distill-start.toml",
+        "pipelines/tuning/cifar10-long-finetune.toml",
         "pipelines/tuning/quickstart-lr.toml",
         "pipelines/tuning/quickstart-distill.toml",
         "pipelines/tuning/fashion-mnist-lr.toml",
