@@ -528,14 +528,16 @@ mod tests {
                 checkpoint_every: 0,
             }
         };
-        let kernels = |dir: &std::path::Path| {
-            let t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
-                .unwrap();
-            t.into_iter()
-                .filter(|(_, v)| v.rank() == 4)
+        // The checkpoint's tensors that `keep` selects, by name.
+        let tensors = |dir: &std::path::Path, keep: fn(&str, &Tensor) -> bool| {
+            candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .filter(|(k, v)| keep(k, v))
                 .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
                 .collect::<std::collections::BTreeMap<_, _>>()
         };
+        let kernels = |dir: &std::path::Path| tensors(dir, |_, v| v.rank() == 4);
         let max_diff = |a: &std::collections::BTreeMap<String, Vec<f32>>,
                         b: &std::collections::BTreeMap<String, Vec<f32>>| {
             assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
@@ -556,14 +558,7 @@ mod tests {
         // included, so at a vanishing rate every weight is the teacher's (BatchNorm's running
         // statistics still move); a student whose classifier sits elsewhere is refused with both
         // head layers named.
-        let all = |dir: &std::path::Path| {
-            candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
-                .unwrap()
-                .into_iter()
-                .filter(|(k, _)| !k.contains("running"))
-                .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
+        let all = |dir: &std::path::Path| tensors(dir, |k, _| !k.contains("running"));
         let mut from_teacher = student("from_teacher", false);
         from_teacher.inputs.push(("init", teacher.out.clone()));
         let out = from_teacher.run().unwrap();

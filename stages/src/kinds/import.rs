@@ -132,26 +132,26 @@ pub fn student_init(
     seed: u64,
 ) -> Result<(Network, &'static str)> {
     if !import::is_import(dir) {
-        let net = Network::load(dir, device)?;
-        if net.num_classes().is_none() {
+        // The sidecar says what the checkpoint is, so the weights are read once.
+        let Some(c) = crate::model::read_sidecar(dir)?.classifier else {
             let net = Network::from_pretrained(dir, head_layer, num_classes, device, seed)?;
             return Ok((net, "pretrain"));
-        }
+        };
         // A classifier checkpoint (a fine-tuned, distilled or supervised network): the student
         // starts as that network, head and classifier included, so both must sit where the
         // student's do.
         anyhow::ensure!(
-            net.num_classes() == Some(num_classes) && net.head_layer() == Some(head_layer),
+            c.num_classes == num_classes && c.head_layer == head_layer,
             "init {} is a classifier with {} classes on head layer {}, but the student has {} \
              classes on head layer {} (give the student the init's `head_layer`, or init from a \
              pretrain node)",
             dir.display(),
-            net.num_classes().unwrap_or(0),
-            net.head_layer().unwrap_or(0),
+            c.num_classes,
+            c.head_layer,
             num_classes,
             head_layer
         );
-        return Ok((net, "classifier"));
+        return Ok((Network::load(dir, device)?, "classifier"));
     }
     let net = Network::new_classifier(
         cfg,
